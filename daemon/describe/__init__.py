@@ -1,0 +1,1 @@
+"""gitmld.daemon.describe"""

@@ -1,0 +1,3 @@
+"""gitmld: Git for machine-learning models."""
+
+__version__ = "0.1.0"
