@@ -1,0 +1,40 @@
+"""What a request handler may do with its connection, independent of the socket and framing.
+
+The server implements this over `proto.wire`; tests can implement it in memory. Keeping the
+handlers unaware of frames is what lets the wire format change without touching them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+
+class Channel(Protocol):
+    """One client connection, as seen by the handler of its current request."""
+
+    peer: str
+
+    def incoming_data(self) -> AsyncIterator[bytes]:
+        """DATA payloads the client sends after its request, until END."""
+        ...
+
+    async def respond(self, payload: dict[str, Any]) -> None: ...
+
+    async def send_data(self, data: bytes) -> None: ...
+
+    async def end_data(self) -> None: ...
+
+    async def progress(self, payload: dict[str, Any]) -> None: ...
+
+    async def error(self, code: str, message: str, obj: str | None = None) -> None: ...
+
+
+class RequestError(Exception):
+    """A failure to report to the client as an ERROR frame, with one of the wire error codes."""
+
+    def __init__(self, code: str, message: str, obj: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.obj = obj

@@ -1,0 +1,324 @@
+"""Request dispatch: one handler per wire op, on top of one ContentStore per remote.
+
+The daemon serves every repository and checkout of its user, so stores are keyed by the
+remote they write to and opened on first use; all checkouts of one remote share one store,
+one host cache and one set of in-flight transfers (single-flight lives in the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitmld import __version__
+from gitmld.daemon.channel import Channel, RequestError
+from gitmld.daemon.content_sample import StreamSample
+from gitmld.daemon.errors import classify
+from gitmld.daemon.store.store import ContentStore, StoreOptions
+from gitmld.proto.pointer import Pointer
+from gitmld.proto.remote_config import RemoteConfig
+
+log = logging.getLogger("gitmld.service")
+
+DATA_FRAME = 256 * 1024
+PROGRESS_INTERVAL = 0.5
+
+
+@dataclass
+class DaemonSettings:
+    """What the daemon was started with; shown by `gitmld status`."""
+
+    socket_path: Path
+    cache_dir: Path
+    cache_limit_bytes: int = 50 * 1024**3
+    max_tensor_lines: int = 256
+
+
+@dataclass
+class FetchState:
+    """A background fetch into the host cache that `wait` can report on."""
+
+    task: asyncio.Task[None]
+    path: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+
+Handler = Callable[[dict[str, Any], Channel], Awaitable[None]]
+
+
+class Service:
+    """The daemon's request handlers; owns the stores and the background fetches."""
+
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self._stores: dict[str, ContentStore] = {}
+        self._store_configs: dict[str, RemoteConfig] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+        self._fetches: dict[tuple[str, str], FetchState] = {}
+        self.connections = 0
+        self.requests_served = 0
+        self.shutdown_requested = asyncio.Event()
+        self._ops: dict[str, Handler] = {
+            "put": self.op_put,
+            "get": self.op_get,
+            "has": self.op_has,
+            "fetch": self.op_fetch,
+            "wait": self.op_wait,
+            "flush": self.op_flush,
+            "status": self.op_status,
+            "shutdown": self.op_shutdown,
+        }
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def handle(self, request: dict[str, Any], ch: Channel) -> None:
+        """Run one request; every failure becomes one ERROR frame with a clear message."""
+        op = request.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        try:
+            if handler is None:
+                raise RequestError("bad_request", f"unknown op {op!r}; this daemon knows {sorted(self._ops)}")
+            await handler(request, ch)
+            self.requests_served += 1
+        except RequestError as e:
+            await ch.error(e.code, e.message, e.obj)
+        except Exception as e:  # noqa: BLE001 - the client must get an answer, whatever failed
+            code, message = classify(e)
+            if code == "internal":
+                log.exception("request %s failed", op)
+            await ch.error(code, message, request.get("oid"))
+
+    async def store_for(self, request: dict[str, Any]) -> tuple[str, ContentStore]:
+        """The store of the request's remote, opened once and shared by every checkout."""
+        raw = request.get("remote")
+        if not isinstance(raw, dict):
+            raise RequestError("bad_request", "request has no 'remote' object (the client resolves it from git config)")
+        try:
+            config = RemoteConfig.from_json(raw)
+        except (ValueError, TypeError) as e:
+            raise RequestError("bad_request", f"bad remote configuration: {e}") from e
+        key = store_key(config)
+        store = self._stores.get(key)
+        if store is not None:
+            return key, store
+        lock = self._opening.setdefault(key, asyncio.Lock())
+        async with lock:
+            store = self._stores.get(key)
+            if store is None:
+                options = StoreOptions(cache_limit_bytes=self.settings.cache_limit_bytes)
+                store = await ContentStore.open(config, self.settings.cache_dir, options=options)
+                self._stores[key] = store
+                self._store_configs[key] = config
+                log.info("opened store for %s", config.url)
+        return key, store
+
+    async def close(self) -> None:
+        """Stop background fetches and close every store; queued uploads stay persisted."""
+        for state in self._fetches.values():
+            state.task.cancel()
+        await asyncio.gather(*(s.task for s in self._fetches.values()), return_exceptions=True)
+        for store in self._stores.values():
+            await store.close()
+        self._stores.clear()
+
+    # -- ops -------------------------------------------------------------------------------
+
+    async def op_put(self, request: dict[str, Any], ch: Channel) -> None:
+        """Store the streamed content, describe it, answer with the pointer text."""
+        path = str(request.get("path", ""))
+        incoming = ch.incoming_data()
+        try:
+            _, store = await self.store_for(request)
+        except BaseException:
+            await drain(incoming)
+            raise
+        sample = StreamSample()
+
+        async def sampled() -> AsyncIterator[bytes]:
+            async for data in incoming:
+                sample.feed(data)
+                yield data
+
+        try:
+            result = await store.put(sampled())
+        except BaseException:
+            await drain(incoming)
+            raise
+        description = describe_content(sample, result.tensors, self.settings.max_tensor_lines, path)
+        pointer = Pointer(oid=result.oid, size=result.size, description=description)
+        await ch.respond({"oid": result.oid, "size": result.size, "pointer": pointer.to_text()})
+
+    async def op_get(self, request: dict[str, Any], ch: Channel) -> None:
+        """Stream an object's bytes; an error after the first DATA makes the client discard all."""
+        oid = require_str(request, "oid")
+        _, store = await self.store_for(request)
+        if not await store.has(oid):
+            raise RequestError(
+                "not_found",
+                f"object {oid} ({request.get('path', '?')}) is in neither the host cache nor the remote",
+                oid,
+            )
+        stream = store.open_file(oid)
+        await ch.respond({"size": request.get("size")})
+        async for piece in stream:
+            view = memoryview(piece)
+            for start in range(0, len(view), DATA_FRAME):
+                await ch.send_data(bytes(view[start : start + DATA_FRAME]))
+        await ch.end_data()
+
+    async def op_has(self, request: dict[str, Any], ch: Channel) -> None:
+        oid = require_str(request, "oid")
+        _, store = await self.store_for(request)
+        present = await store.has(oid, local_only=bool(request.get("local", False)))
+        await ch.respond({"present": present})
+
+    async def op_fetch(self, request: dict[str, Any], ch: Channel) -> None:
+        """Start background fetches into the host cache; `wait` reports them."""
+        key, store = await self.store_for(request)
+        oids = require_oid_list(request)
+        queued = 0
+        for oid in oids:
+            state = self._fetches.get((key, oid))
+            if state is not None and not (state.task.done() and state.task.exception() is not None):
+                continue  # running or done: single-flight per object
+            task = asyncio.create_task(store.fetch(oid), name=f"fetch {oid}")
+            self._fetches[(key, oid)] = FetchState(task=task, path=str(request.get("path", "")))
+            queued += 1
+        await ch.respond({"queued": queued})
+
+    async def op_wait(self, request: dict[str, Any], ch: Channel) -> None:
+        """Answer as soon as at least one of the objects is ready or failed, or at the timeout."""
+        key, store = await self.store_for(request)
+        oids = require_oid_list(request)
+        timeout = float(request.get("timeout", 60.0))
+        states = {oid: self._fetches.get((key, oid)) for oid in oids}
+        pending = {s.task for s in states.values() if s is not None and not s.task.done()}
+        if pending and all(s is not None and not s.task.done() for s in states.values()):
+            await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        ready: list[str] = []
+        failed: dict[str, str] = {}
+        for oid, state in states.items():
+            if state is None:
+                if await store.has(oid, local_only=True):
+                    ready.append(oid)
+                else:
+                    failed[oid] = f"object {oid} was never requested with 'fetch'"
+            elif state.task.done():
+                exc = state.task.exception()
+                if exc is None:
+                    ready.append(oid)
+                else:
+                    failed[oid] = classify(exc)[1]
+        for oid in ready + list(failed):
+            self._fetches.pop((key, oid), None)
+        await ch.respond({"ready": ready, "failed": failed})
+
+    async def op_flush(self, request: dict[str, Any], ch: Channel) -> None:
+        """Make objects durable in the remote, reporting progress while the queue drains."""
+        _, store = await self.store_for(request)
+        oids = request.get("oids")
+        if oids is not None:
+            oids = require_oid_list(request)
+        flush = asyncio.create_task(store.flush(oids))
+        while not flush.done():
+            done, _ = await asyncio.wait({flush}, timeout=PROGRESS_INTERVAL)
+            if not done:
+                stats = store.stats()
+                await ch.progress(
+                    {"what": "upload", "unit": "bytes", "done": stats.get("remote_put_bytes", 0),
+                     "queued": stats.get("upload_queue_bytes", stats.get("upload_queue", 0))}
+                )
+        result = flush.result()
+        await ch.respond(
+            {"uploaded_bytes": getattr(result, "uploaded_bytes", 0), "objects": getattr(result, "objects", 0)}
+        )
+
+    async def op_status(self, request: dict[str, Any], ch: Channel) -> None:
+        await ch.respond(self.status())
+
+    async def op_shutdown(self, request: dict[str, Any], ch: Channel) -> None:
+        await ch.respond({})
+        self.shutdown_requested.set()
+
+    def status(self) -> dict[str, Any]:
+        """The status document behind `gitmld status --json`."""
+        remotes = []
+        for key, store in self._stores.items():
+            config = self._store_configs[key]
+            remotes.append({"url": config.url, "endpoint": config.endpoint, "stats": store.stats()})
+        fetching = [
+            {"oid": oid, "path": s.path, "seconds": round(time.monotonic() - s.started, 1)}
+            for (_, oid), s in self._fetches.items()
+            if not s.task.done()
+        ]
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "socket": str(self.settings.socket_path),
+            "cache_dir": str(self.settings.cache_dir),
+            "cache_bytes": dir_bytes(self.settings.cache_dir),
+            "cache_limit_bytes": self.settings.cache_limit_bytes,
+            "connections": self.connections,
+            "requests_served": self.requests_served,
+            "fetches_in_flight": fetching,
+            "remotes": remotes,
+        }
+
+
+def store_key(config: RemoteConfig) -> str:
+    """Checkouts that name the same bucket prefix at the same endpoint share a store."""
+    return f"{config.endpoint or ''}|{config.url}"
+
+
+def describe_content(
+    sample: StreamSample, tensors: list[Any] | None, max_tensor_lines: int, path: str
+) -> list[tuple[str, str]]:
+    """Describe the content for its pointer; never fails a `git add` (falls back to generic)."""
+    from gitmld.daemon.describe.registry import describe
+
+    digests = {t.name: t.digest for t in tensors} if tensors else None
+    try:
+        return describe(sample, max_tensor_lines=max_tensor_lines, tensor_digests=digests)
+    except Exception as e:  # noqa: BLE001 - describing is best effort by contract
+        log.warning("describing %s failed: %s", path or "<stdin>", e)
+        return [("format", "unknown")]
+
+
+async def drain(stream: AsyncIterator[bytes]) -> None:
+    """Read a failed put's remaining DATA so the client is never blocked writing to us."""
+    async for _ in stream:
+        pass
+
+
+def require_str(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise RequestError("bad_request", f"request field {key!r} must be a non-empty string")
+    return value
+
+
+def require_oid_list(request: dict[str, Any]) -> list[str]:
+    value = request.get("oids")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RequestError("bad_request", "request field 'oids' must be a list of object ids")
+    return value
+
+
+def dir_bytes(root: Path) -> int:
+    """Bytes on disk under root (allocated blocks, so sparse files count what they use)."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
