@@ -38,3 +38,14 @@ class RequestError(Exception):
         self.code = code
         self.message = message
         self.obj = obj
+
+
+class ChannelClosed(Exception):
+    """The connection cannot carry an answer any more (peer gone, or it broke the protocol).
+
+    Handlers let it pass: there is nobody to send an ERROR frame to.
+    """
+
+
+class ProtocolViolation(ChannelClosed):
+    """The client sent frames that break the wire protocol; the daemon answers and closes."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gitmld import __version__
-from gitmld.daemon.channel import Channel, RequestError
+from gitmld.daemon.channel import Channel, ChannelClosed, RequestError
 from gitmld.daemon.content_sample import StreamSample
 from gitmld.daemon.errors import classify
 from gitmld.daemon.store.store import ContentStore, StoreOptions
@@ -89,7 +89,9 @@ class Service:
             self.requests_served += 1
         except RequestError as e:
             await ch.error(e.code, e.message, e.obj)
-        except Exception as e:  # noqa: BLE001 - the client must get an answer, whatever failed
+        except ChannelClosed:
+            raise
+        except Exception as e:
             code, message = classify(e)
             if code == "internal":
                 log.exception("request %s failed", op)
@@ -287,7 +289,7 @@ def describe_content(
     digests = {t.name: t.digest for t in tensors} if tensors else None
     try:
         return describe(sample, max_tensor_lines=max_tensor_lines, tensor_digests=digests)
-    except Exception as e:  # noqa: BLE001 - describing is best effort by contract
+    except Exception as e:
         log.warning("describing %s failed: %s", path or "<stdin>", e)
         return [("format", "unknown")]
 

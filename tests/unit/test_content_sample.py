@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
+from gitmld.daemon.content_sample import OutsideSample, StreamSample
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from gitmld.daemon.content_sample import OutsideSample, StreamSample
 
 
 def feed_in_pieces(data: bytes, cuts: list[int], head: int, tail: int) -> StreamSample:
     sample = StreamSample(head_bytes=head, tail_bytes=tail)
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         sample.feed(data[a:b])
     return sample
 
