@@ -11,6 +11,7 @@ import struct
 import subprocess
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,6 +20,11 @@ from tests.integration.tcp_proxy import TcpProxy
 from tests.modelgen import write_checkpoint
 
 pytestmark = pytest.mark.integration
+
+
+def host_port(endpoint: str) -> tuple[str, int]:
+    parsed = urlsplit(endpoint)
+    return parsed.hostname or "127.0.0.1", parsed.port or 80
 
 
 def sha256(path: Path) -> str:
@@ -148,7 +154,7 @@ def test_eight_checkouts_at_once_fetch_each_chunk_once(user: GitEnv, s3_bucket, 
 
 def test_daemon_killed_during_checkout_leaves_no_partial_file(user: GitEnv, s3_server, s3_bucket,
                                                                tmp_path: Path) -> None:
-    proxy = TcpProxy(s3_server.host, s3_server.port, rate_bytes_per_s=8 << 20)
+    proxy = TcpProxy(*host_port(s3_server.endpoint), rate_bytes_per_s=8 << 20)
     proxy.up()
     try:
         work = user.new_repo("model", s3_bucket.url, proxy.url)
@@ -186,7 +192,7 @@ def test_daemon_killed_during_checkout_leaves_no_partial_file(user: GitEnv, s3_s
 
 def test_push_with_remote_down_fails_keeps_queue_then_succeeds(user: GitEnv, s3_server, s3_bucket,
                                                                 tmp_path: Path) -> None:
-    proxy = TcpProxy(s3_server.host, s3_server.port)
+    proxy = TcpProxy(*host_port(s3_server.endpoint))
     proxy.up()
     try:
         work = user.new_repo("model", s3_bucket.url, proxy.url)
