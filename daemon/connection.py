@@ -51,7 +51,7 @@ class ServerConnection:
                 self._in_request = True
                 try:
                     await handler(event.payload, self)
-                    if self._conn.phase is wire.Phase.UPLOADING:
+                    if self._conn.in_upload:
                         await self._drain_upload()
                 finally:
                     self._in_request = False
@@ -76,7 +76,7 @@ class ServerConnection:
     # -- Channel ---------------------------------------------------------------------------
 
     async def incoming_data(self) -> AsyncIterator[bytes]:
-        while self._conn.phase is wire.Phase.UPLOADING:
+        while self._conn.in_upload:
             event = await self._next_event()
             if event is None:
                 raise ChannelClosed("client closed the connection in the middle of its data")
