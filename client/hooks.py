@@ -256,28 +256,35 @@ def upload(daemon: Daemon, remote: dict[str, Any], objects: dict[str, PointerBlo
 def _flush_failure(
     daemon: Daemon, remote: dict[str, Any], objects: dict[str, PointerBlob], error: Exception
 ) -> str:
-    """The daemon's reason, and which objects are neither in the host cache nor in the remote."""
+    """The daemon's reason, then every object of this push that is not durable in the remote.
+
+    A failed flush confirms none of them, so all are listed; those that are not even in the host
+    cache (a local question, no remote round trip) cannot be uploaded from this machine at all.
+    """
     from gitmld.client.daemon_client import DaemonError
 
     where = remote.get("url", "the remote")
     lines = [f"uploading {len(objects)} object(s) to {where} failed: {error}"]
-    missing = []
+    lost = []
+    lines.append(f"gitmld: {len(objects)} object(s) are not durable in {where}:")
     for oid, p in sorted(objects.items(), key=lambda kv: kv[1].path):
         try:
-            present = daemon.request("has", remote=remote, oid=oid, local=False).get("present")
-        except DaemonError:  # the remote is unreachable: the first line says why
-            break
-        if not present:
-            missing.append(p)
-    if missing:
-        lines.append(f"gitmld: {len(missing)} object(s) are in neither the host cache nor the remote:")
-        lines += [f"  {p.path} ({p.pointer.oid[7:19]}, {p.pointer.size} bytes)" for p in missing]
+            local = bool(daemon.request("has", remote=remote, oid=oid, local=True).get("present"))
+        except DaemonError:
+            local = True  # unknown: say nothing worse than the line above
+        note = "" if local else " - NOT in the host cache"
+        lines.append(f"  {p.path} ({p.pointer.oid}, {p.pointer.size} bytes){note}")
+        if not local:
+            lost.append(p)
+    if lost:
         lines.append(
-            "gitmld: re-add these files from a copy that has their content (`git add --renormalize PATH`), "
-            "or push from the checkout that created them"
+            "gitmld: re-add the files not in the host cache from a copy that has their content "
+            "(`git add --renormalize PATH`), or push from the checkout that created them"
         )
-    else:
-        lines.append("gitmld: fix the cause above (`gitmld status` shows the daemon), then push again")
+    lines.append(
+        "gitmld: the others stay queued in the host cache; fix the cause above (`gitmld status` shows the daemon "
+        "and the upload queue), then push again"
+    )
     return "\n".join(lines)
 
 

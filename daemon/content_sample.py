@@ -9,11 +9,13 @@ into a generic description instead of failing the `git add`.
 
 from __future__ import annotations
 
+from gitmld.daemon.describe.base import DescribeError
+
 HEAD_BYTES = 8 * 1024 * 1024
 TAIL_BYTES = 1024 * 1024
 
 
-class OutsideSample(Exception):
+class OutsideSample(DescribeError):
     """A describer asked for bytes in the middle of a file, which were not kept."""
 
 
