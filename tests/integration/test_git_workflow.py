@@ -171,8 +171,13 @@ def test_daemon_killed_during_checkout_leaves_no_partial_file(user: GitEnv, s3_s
         dest = other.root / "c"
         clone = subprocess.Popen(["git", "clone", "-q", f"file://{origin}", str(dest)],
                                  env=other.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_until(lambda: stats_for(other, s3_bucket.url).get("remote_get_bytes", 0) > 0
-                   if other.socket_path.exists() else False, 60, "the checkout to start downloading")
+
+        def downloading() -> bool:
+            daemon_doc = other.status()
+            return any(r["url"] == s3_bucket.url and r["stats"].get("remote_get_bytes", 0) > 0
+                       for r in daemon_doc.get("remotes", []))
+
+        wait_until(downloading, 60, "the checkout to start downloading")
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(30)
         other.daemon = None
@@ -196,15 +201,21 @@ def test_push_with_remote_down_fails_keeps_queue_then_succeeds(user: GitEnv, s3_
     proxy.up()
     try:
         work = user.new_repo("model", s3_bucket.url, proxy.url)
-        model = write_checkpoint(work / "model.safetensors", layers=2, hidden=512, seed=5)
-        proxy.down()
+        write_checkpoint(work / "model.safetensors", layers=2, hidden=512, seed=5)
         user.git("add", "model.safetensors", cwd=work)
         user.git("commit", "-q", "-m", "base", cwd=work)
+        user.git("push", "-q", "origin", "main", cwd=work)
+
+        proxy.down()  # git add and commit work offline; push must fail and lose nothing
+        model = write_checkpoint(work / "model.safetensors", layers=2, hidden=512, seed=5, changed_layers=(1,))
+        user.git("add", "model.safetensors", cwd=work)
+        user.git("commit", "-q", "-m", "fine-tune", cwd=work)
+        before = user.git("rev-parse", "origin/main", cwd=work).stdout
         failed = user.git("push", "origin", "main", cwd=work, check=False)
         assert failed.returncode != 0
         assert b"sha256:" + sha256(model).encode()[:12] in failed.stderr, failed.stderr
-        origin_refs = user.git("ls-remote", "origin", cwd=work).stdout
-        assert b"refs/heads/main" not in origin_refs, "a failed upload must stop the push"
+        origin_main = user.git("ls-remote", "origin", "refs/heads/main", cwd=work).stdout.split()[0]
+        assert origin_main + b"\n" == before, "a failed upload must stop the push"
         assert stats_for(user, s3_bucket.url)["upload_queue"] > 0
 
         proxy.up()
@@ -232,12 +243,16 @@ def test_malformed_and_foreign_pointers_fail_checkout_with_clear_errors(user: Gi
         user.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{name}", cwd=work)
     user.git("commit", "-q", "-m", "hand-made pointers", cwd=work)
     user.git("push", "-q", "--no-verify", "origin", "main", cwd=work)
-    origin = work.parent / "model.git"
-    result = user.git("clone", "-q", f"file://{origin}", str(user.root / "c"), cwd=user.root, check=False)
-    assert result.returncode != 0
-    err = result.stderr.decode(errors="replace")
-    assert "bad.bin" in err and "oid" in err
-    assert "lfs.bin" in err and "Git LFS" in err
+    clone = user.root / "c"
+    user.git("clone", "-q", "--no-checkout", f"file://{work.parent / 'model.git'}", str(clone), cwd=user.root)
+    user.git("checkout", "HEAD", "--", ".gitattributes", ".gitmldconfig", cwd=clone)
+    expected = {"bad.bin": "oid", "lfs.bin": "Git LFS"}
+    for name, must in expected.items():
+        result = user.git("checkout", "HEAD", "--", name, cwd=clone, check=False)
+        assert result.returncode != 0
+        err = result.stderr.decode(errors="replace")
+        assert name in err and must in err, err
+        assert not (clone / name).exists(), "a failed smudge writes nothing into the worktree"
 
 
 def test_protocol_garbage_gets_an_error_and_the_daemon_lives(user: GitEnv) -> None:
