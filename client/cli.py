@@ -11,15 +11,21 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from gitmld.client import hooks
+from gitmld.client.errors import CommandError
 from gitmld.client.gitconfig import ConfigError, GitError, load_remote_config, repo_top, run_git
 from gitmld.client.hooks import PointerBlob, PushError
+from gitmld.client.install import (
+    git_settings,
+    install_hook,
+    repo_git_dir,
+    write_atomically,
+)
 from gitmld.client.progress import Progress, human_size, progress_enabled
 from gitmld.proto import paths
 from gitmld.proto.pointer import (
@@ -30,15 +36,10 @@ from gitmld.proto.pointer import (
     looks_like_pointer,
 )
 
-HOOK_MARKER = "# gitmld pre-push hook"
 TRACK_ATTRS = ("filter=gitmld", "diff=gitmld", "merge=gitmld", "-text")
 KEY_BYTES = 32
 WAIT_SECONDS = 30.0  # one `wait` round trip; the loop goes on while objects are pending
 READ_SIZE = 1 << 20
-
-
-class CommandError(Exception):
-    """A command failed for a reason the user can act on; the message says how."""
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -165,37 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- install -------------------------------------------------------------------------------------
 
 
-def self_command(module: str = "gitmld.client.cli") -> str:
-    """A shell command that runs this gitmld with this Python, independent of PATH."""
-    return shlex.join([sys.executable, "-m", module])
-
-
-def git_settings() -> dict[str, str]:
-    """The git config `gitmld install` writes (clean/smudge are not needed with `process`)."""
-    return {
-        "filter.gitmld.process": self_command("gitmld.client.filter_process"),
-        "filter.gitmld.required": "true",
-        "diff.gitmld.textconv": f"{self_command()} pointer-textconv",
-        # Git smudges a blob before textconv sees it; caching the output per blob (in
-        # refs/notes/textconv/gitmld) spares the old side that smudge and hash on every diff.
-        "diff.gitmld.cachetextconv": "true",
-    }
-
-
-def hook_script() -> str:
-    python = shlex.quote(sys.executable)
-    return f"""#!/bin/sh
-{HOOK_MARKER}: uploads the gitmld objects of the commits being pushed.
-# Written by `gitmld install`; running it again rewrites this file.
-if [ ! -x {python} ]; then
-    echo >&2 "gitmld: {sys.executable} is missing, so the pre-push hook cannot upload gitmld objects."
-    echo >&2 "gitmld: reinstall gitmld and run 'gitmld install' again (or delete this hook: $0)."
-    exit 1
-fi
-exec {self_command()} pre-push "$@"
-"""
-
-
 def cmd_install(args: argparse.Namespace) -> int:
     scope = "--global" if args.global_ else "--local"
     if scope == "--local" and repo_git_dir() is None:
@@ -209,39 +179,6 @@ def cmd_install(args: argparse.Namespace) -> int:
     path = install_hook(force=args.force)
     print(f"gitmld: pre-push hook installed: {path}")
     return 0
-
-
-def repo_git_dir() -> Path | None:
-    proc = run_git(["rev-parse", "--absolute-git-dir"], ok_codes=(0, 128))
-    return Path(proc.stdout.decode().strip()) if proc.returncode == 0 else None
-
-
-def hook_path() -> Path:
-    """Where Git looks for the pre-push hook (honours core.hooksPath and linked worktrees)."""
-    out = run_git(["rev-parse", "--git-path", "hooks/pre-push"]).stdout.decode().strip()
-    return Path.cwd() / out
-
-
-def install_hook(*, force: bool = False) -> Path:
-    """Write the pre-push hook; never silently replace someone else's (like Git LFS)."""
-    path = hook_path()
-    script = hook_script()
-    if path.exists():
-        current = path.read_text(errors="replace")
-        if HOOK_MARKER not in current:
-            if not force:
-                raise CommandError(
-                    f"a pre-push hook that is not gitmld's already exists: {path}\n"
-                    "gitmld left it as it is, so gitmld objects will NOT be uploaded on push. Either:\n"
-                    "  - call gitmld from that hook, giving it the hook's arguments and standard input:\n"
-                    f"        {self_command()} pre-push \"$@\" || exit 1\n"
-                    "  - or run `gitmld install --force` to replace it (the old hook is kept as "
-                    "pre-push.gitmld-backup)"
-                )
-            path.replace(path.with_name("pre-push.gitmld-backup"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, script, mode=0o755)
-    return path
 
 
 # -- track / untrack ----------------------------------------------------------------------------
@@ -387,18 +324,6 @@ def hint_renormalize(top: Path) -> None:
         shown = ", ".join(content[:3]) + (", ..." if len(content) > 3 else "")
         print(f"gitmld: {len(content)} file(s) already in the index are stored as plain Git content "
               f"({shown}); run `git add --renormalize .` to store them with gitmld")
-
-
-def write_atomically(path: Path, text: str, *, mode: int | None = None) -> None:
-    """Readers (git) see the old file or the new one, never half of it; the mode is kept
-    unless one is given."""
-    tmp = path.with_name(f".{path.name}.gitmld-{os.getpid()}")
-    tmp.write_text(text)
-    if mode is None and path.exists():
-        mode = path.stat().st_mode & 0o777
-    if mode is not None:
-        tmp.chmod(mode)
-    tmp.replace(path)
 
 
 # -- status ---------------------------------------------------------------------------------------
@@ -804,13 +729,9 @@ def textconv(path: Path) -> str:
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+    from gitmld.proto.version import __version__
 
-    try:
-        return dist_version("gitmld")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def cmd_version(args: argparse.Namespace) -> int:

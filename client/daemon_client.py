@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from gitmld import __version__
 from gitmld.proto import paths, wire
+from gitmld.proto.version import __version__
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the filter ~5 ms
 if TYPE_CHECKING:

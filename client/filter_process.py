@@ -14,7 +14,6 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 
-from gitmld import __version__
 from gitmld.client.daemon_client import DaemonClient, DaemonError
 from gitmld.proto import filter_protocol as fp
 from gitmld.proto.pointer import (
@@ -27,6 +26,7 @@ from gitmld.proto.pointer import (
     looks_like_pointer,
     parse_lfs_pointer,
 )
+from gitmld.proto.version import __version__
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time
 if TYPE_CHECKING:
@@ -65,7 +65,9 @@ def _default_connect() -> DaemonClient:
 
 def _default_remote() -> Remote:
     from gitmld.client.gitconfig import load_remote_config  # runs git: only when content needs it
+    from gitmld.client.install import ensure_hook
 
+    ensure_hook()  # a fresh clone gets the pre-push hook with its first checkout, as with Git LFS
     return load_remote_config().to_json()
 
 

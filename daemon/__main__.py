@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from gitmld import __version__
 from gitmld.proto import paths
+from gitmld.proto.version import __version__
 
 
 def parse_size(text: str) -> int:

@@ -12,9 +12,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from gitmld import __version__
 from gitmld.daemon.channel import ChannelClosed, ProtocolViolation
 from gitmld.proto import wire
+from gitmld.proto.version import __version__
 
 log = logging.getLogger("gitmld.connection")
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitmld import __version__
 from gitmld.daemon.channel import Channel, ChannelClosed, RequestError
 from gitmld.daemon.content_sample import StreamSample
 from gitmld.daemon.errors import classify
 from gitmld.daemon.store.store import ContentStore, StoreOptions
 from gitmld.proto.pointer import Pointer
 from gitmld.proto.remote_config import RemoteConfig
+from gitmld.proto.version import __version__
 
 log = logging.getLogger("gitmld.service")
 

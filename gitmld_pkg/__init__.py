@@ -1,3 +1,5 @@
 """gitmld: Git for machine-learning models."""
 
-__version__ = "0.1.0"
+from gitmld.proto.version import __version__
+
+__all__ = ["__version__"]

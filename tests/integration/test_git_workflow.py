@@ -90,6 +90,7 @@ def test_add_push_clone_checkout_and_branch_switch(user: GitEnv, s3_bucket) -> N
 
     clone = user.clone(work, user.root / "clone")
     assert sha256(clone / "model.safetensors") == base_sum
+    assert "gitmld pre-push hook" in (clone / ".git/hooks/pre-push").read_text(), "clones get the hook"
     user.git("checkout", "-q", "finetune", cwd=clone)
     assert sha256(clone / "model.safetensors") == v2_sum
     assert user.git("status", "--porcelain", cwd=clone).stdout == b""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gitmld.client import cli
+from gitmld.client import cli, install
 from gitmld.client.progress import Progress, human_size, progress_enabled
 from gitmld.proto.pointer import Pointer
 
@@ -104,7 +104,7 @@ def test_install_configures_git_and_the_hook(gitenv: Path, run: Run) -> None:
     assert git("config", "--local", "diff.gitmld.cachetextconv").strip() == "true"
     hook = gitenv / ".git" / "hooks" / "pre-push"
     assert hook.stat().st_mode & stat.S_IXUSR
-    assert cli.HOOK_MARKER in hook.read_text() and 'pre-push "$@"' in hook.read_text()
+    assert install.HOOK_MARKER in hook.read_text() and 'pre-push "$@"' in hook.read_text()
     assert str(hook) in out
 
 
@@ -126,14 +126,14 @@ def test_install_refuses_to_clobber_a_foreign_hook(gitenv: Path, run: Run) -> No
     assert git("config", "--local", "filter.gitmld.required").strip() == "true"  # config still done
 
     assert run("install", "--force")[0] == 0
-    assert cli.HOOK_MARKER in hook.read_text()
+    assert install.HOOK_MARKER in hook.read_text()
     assert (hook.parent / "pre-push.gitmld-backup").read_text() == "#!/bin/sh\necho mine\n"
 
 
 def test_install_honours_core_hooks_path(gitenv: Path, run: Run) -> None:
     git("config", "core.hooksPath", "custom-hooks")
     assert run("install")[0] == 0
-    assert cli.HOOK_MARKER in (gitenv / "custom-hooks" / "pre-push").read_text()
+    assert install.HOOK_MARKER in (gitenv / "custom-hooks" / "pre-push").read_text()
 
 
 def test_install_global_writes_global_config_and_no_hook(gitenv: Path, run: Run) -> None:
@@ -298,7 +298,7 @@ def test_textconv_summarises_content_by_its_oid(tmp_path: Path, run: Run) -> Non
 
 
 def test_git_diff_shows_pointer_changes_through_textconv(gitenv: Path) -> None:
-    git("config", "diff.gitmld.textconv", cli.git_settings()["diff.gitmld.textconv"])
+    git("config", "diff.gitmld.textconv", install.git_settings()["diff.gitmld.textconv"])
     (gitenv / ".gitattributes").write_text("*.bin diff=gitmld\n")  # no filter: blobs stay pointers
     old, new = pointer_for(b"v1", format="safetensors"), pointer_for(b"v2", format="gguf")
     commit(gitenv, {".gitattributes": (gitenv / ".gitattributes").read_bytes(), "m.bin": old.to_bytes()})
