@@ -76,13 +76,13 @@ async def test_objects_live_under_the_url_prefix(s3_bucket: S3Bucket, s3_remotes
 async def test_list_pages_through_more_than_one_response(
     s3_bucket: S3Bucket, s3_remotes: list[S3Remote]
 ) -> None:
-    remote = S3Remote(s3_bucket.url, endpoint=s3_bucket.endpoint, path_style=True, concurrency=8)
+    remote = S3Remote(s3_bucket.url, endpoint=s3_bucket.endpoint, path_style=True, list_page_size=2)
     s3_remotes.append(remote)
-    names = [f"p/{i:04d}" for i in range(1001)]  # S3 pages hold at most 1000 keys
-    for start in range(0, len(names), 100):
-        await asyncio.gather(*(remote.put_bytes(n, b"") for n in names[start:start + 100]))
+    names = [f"p/{i}" for i in range(5)]
+    await asyncio.gather(*(remote.put_bytes(n, b"") for n in names))
+    await remote.put_bytes("q", b"")  # outside the prefix
     assert await remote.list("p/") == names
-    assert remote.stats.lists == 2
+    assert remote.stats.lists == 3
 
 
 async def test_missing_bucket_is_a_clear_remote_error(s3_server: Any, s3_remotes: list[S3Remote]) -> None:
@@ -133,6 +133,23 @@ async def test_unreachable_endpoint_is_unavailable_after_bounded_retries(s3_remo
     assert "gave up after 3 attempts" in text and "s3://bucket/pre" in text and "'packs/p1'" in text
     assert f"127.0.0.1:{port}" in text  # the cause says where it tried
     assert remote.stats.retries == 2 and remote.stats.gets == 0
+
+
+async def test_no_credentials_is_a_clear_error_without_retries(
+    s3_remotes: list[S3Remote], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    (port,) = free_ports(1)
+    remote = S3Remote("s3://bucket/pre", endpoint=f"http://127.0.0.1:{port}", retry=FAST_RETRY)
+    s3_remotes.append(remote)
+    with pytest.raises(RemoteError, match=r"no usable AWS credentials found.*AWS_ACCESS_KEY_ID") as info:
+        await remote.exists("k")
+    assert not isinstance(info.value, RemoteUnavailable)
+    assert remote.stats.retries == 0
 
 
 @dataclass
