@@ -37,7 +37,6 @@ from gitmld.proto.pointer import (
 )
 
 TRACK_ATTRS = ("filter=gitmld", "diff=gitmld", "merge=gitmld", "-text")
-KEY_BYTES = 32
 WAIT_SECONDS = 30.0  # one `wait` round trip; the loop goes on while objects are pending
 READ_SIZE = 1 << 20
 
@@ -652,47 +651,17 @@ def check_object(client: Any, remote: dict[str, Any], p: PointerBlob, *, verify:
 # -- keygen ---------------------------------------------------------------------------------------
 
 
-def key_id(key: bytes) -> str:
-    """A public name for a key: the first 16 hex digits of its sha256."""
-    return hashlib.sha256(key).hexdigest()[:16]
-
-
-def write_keyfile(path: Path, *, force: bool = False) -> bytes:
-    """32 random bytes, mode 0600, in a directory created 0700; refuses to overwrite unless forced."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True)
-    if path.exists() and not force:
-        raise CommandError(
-            f"{path} already exists; gitmld keygen does not overwrite a key, because data encrypted "
-            "under it would become unreadable. Use another PATH, or --force if you really mean it"
-        )
-    key = os.urandom(KEY_BYTES)
-    tmp = path.with_name(f".{path.name}.gitmld-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if force:
-            tmp.replace(path)
-        else:
-            os.link(tmp, path)  # fails if a keyfile appeared meanwhile: never clobber
-    finally:
-        tmp.unlink(missing_ok=True)
-    return key
-
-
 def cmd_keygen(args: argparse.Namespace) -> int:
     path = args.path or paths.default_keyfile()
     path = Path(os.path.expanduser(path)).absolute()
+    from gitmld.proto.keyfile import KeyFileError, create_keyfile, kek_id
+
     try:
-        key = write_keyfile(path, force=args.force)
-    except FileExistsError:
-        raise CommandError(f"{path} appeared while writing it; nothing was overwritten") from None
+        key = create_keyfile(path, force=args.force)
+    except KeyFileError as e:
+        raise CommandError(f"{e}; use another PATH, or --force if you really mean to replace it") from None
     print(f"keyfile: {path}")
-    print(f"key id:  {key_id(key)}")
+    print(f"key id:  {kek_id(key)}")
     print("Keep a copy somewhere safe: without it the data in the remote cannot be decrypted.", file=sys.stderr)
     return 0
 

@@ -15,7 +15,7 @@ Wrapped keys (the object ``keys/<kek_id>`` in the bucket; integers little-endian
     offset  size  field
     0       4     magic b"GMLK"
     4       1     version = 1
-    5       8     KEK id (first 8 bytes of BLAKE3 derive_key("gitmld kek id v1", KEK))
+    5       8     KEK id (proto/keyfile.py: first 8 bytes of SHA-256("gitmld kek id v1\\0" + KEK))
     13      12    nonce (random)
     25      113   AES-256-GCM(wrap key, nonce, RepoKeys v1, AAD = b"gitmld/repo-keys\\0" + bytes 0..13)
                   = 97 bytes of ciphertext + 16-byte tag; wrap key = BLAKE3
@@ -28,40 +28,49 @@ Keys never appear in messages or reprs; the KEK id is public (it names the objec
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from gitmld.proto.keyfile import (
+    KEY_LEN,
+    KEYFILE_ENV,
+    KeyFileError,
+    create_keyfile,
+    default_keyfile_path,
+    kek_id,
+    load_kek,
+)
 
-KEY_LEN = 32
-KEYFILE_ENV = "GITMLD_KEYFILE"
-_KEYFILE_TAG = "gitmld-kek-v1:"
-_KEYFILE_MAX = 4096  # a keyfile is ~200 bytes; refuse to read anything much larger
+__all__ = [
+    "KEYFILE_ENV",
+    "KEY_LEN",
+    "CorruptKeys",
+    "KeyFileError",
+    "KeysError",
+    "RepoKeys",
+    "UnsupportedKeysVersion",
+    "WrongKey",
+    "create_keyfile",
+    "default_keyfile_path",
+    "kek_id",
+    "load_kek",
+    "unwrap_keys",
+    "wrap_keys",
+]
+
 _REPO_KEYS_VERSION = 1
 _WRAP_MAGIC = b"GMLK"
 _WRAP_VERSION = 1
 _WRAP_HEADER = 13  # magic + version + KEK id
 _WRAP_AAD_LABEL = b"gitmld/repo-keys\0"
-_ID_CONTEXT = "gitmld kek id v1"
 _WRAP_CONTEXT = "gitmld kek wrap v1"
 
 
 class KeysError(Exception):
     """Base of the key errors; messages say what to do and never contain key bytes."""
-
-
-class KeyFileError(KeysError):
-    """The keyfile is missing, unreadable, too open, or malformed."""
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 class WrongKey(KeysError):
@@ -126,130 +135,7 @@ class RepoKeys:
         return cls(data[1 : 1 + k], data[1 + k : 1 + 2 * k], data[1 + 2 * k :])
 
 
-# -- the keyfile ---------------------------------------------------------------------------
-
-
-def default_keyfile_path() -> Path:
-    """``$GITMLD_KEYFILE``, else ``$XDG_CONFIG_HOME/gitmld/keyfile`` (``~/.config`` by default)."""
-    env = os.environ.get(KEYFILE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".config"
-    return base / "gitmld" / "keyfile"
-
-
-def create_keyfile(path: Path) -> bytes:
-    """Write a new random KEK to ``path`` (mode 0600, parent made 0700); never overwrite."""
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        raise KeyFileError(
-            path,
-            f"keyfile {path} already exists; refusing to overwrite it (its key may protect "
-            f"existing repositories). Move it away first if you really want a new one.",
-        )
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    kek = secrets.token_bytes(KEY_LEN)
-    text = (
-        "# gitmld key-encryption key. Keep it secret and back it up: without it the\n"
-        "# repositories whose keys it wraps cannot be read.\n"
-        f"# key id: {kek_id(kek)}\n"
-        f"{_KEYFILE_TAG}{kek.hex()}\n"
-    )
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic and fails if the path appeared meanwhile
-        except FileExistsError:
-            raise KeyFileError(path, f"keyfile {path} already exists; refusing to overwrite it") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-    return kek
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def load_kek(path: Path) -> bytes:
-    """The KEK in ``path``; :class:`KeyFileError` says what is wrong and what to do."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # NONBLOCK: a FIFO must not hang us
-    except FileNotFoundError:
-        raise KeyFileError(
-            path,
-            f"no keyfile at {path}: run `gitmld keygen` to create one, or copy there the keyfile "
-            f"this repository was created with (or set {KEYFILE_ENV} to its path)",
-        ) from None
-    except OSError as e:
-        raise KeyFileError(path, f"cannot open keyfile {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(path, f"keyfile {path} is not a regular file (a keyfile is what `gitmld keygen` writes)")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise KeyFileError(
-                path,
-                f"keyfile {path} has mode {mode:04o}, so other users may read it; it must be 0600: "
-                f"run `chmod 600 {path}`",
-            )
-        raw = os.read(fd, _KEYFILE_MAX + 1)
-    except OSError as e:
-        raise KeyFileError(path, f"cannot read keyfile {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    kek = _parse_keyfile(raw)
-    if kek is None:
-        raise KeyFileError(
-            path,
-            f"keyfile {path} is not a gitmld keyfile (expected one line `{_KEYFILE_TAG}<64 hex "
-            f"digits>`): restore it from your backup, or run `gitmld keygen` for a new repository",
-        )
-    return kek
-
-
-def _parse_keyfile(raw: bytes) -> bytes | None:
-    if len(raw) > _KEYFILE_MAX:
-        return None
-    try:
-        lines = raw.decode("ascii").splitlines()
-    except UnicodeDecodeError:
-        return None
-    keys = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    if len(keys) != 1 or not keys[0].startswith(_KEYFILE_TAG):
-        return None
-    digits = keys[0][len(_KEYFILE_TAG) :]
-    if len(digits) != 2 * KEY_LEN:
-        return None
-    try:
-        return bytes.fromhex(digits)
-    except ValueError:
-        return None
-
-
 # -- wrapping --------------------------------------------------------------------------------
-
-
-def _kek_id_bytes(kek: bytes) -> bytes:
-    return blake3.blake3(kek, derive_key_context=_ID_CONTEXT).digest(length=8)
-
-
-def kek_id(kek: bytes) -> str:
-    """Short public id of a KEK (16 hex digits; the wrapped keys' object name in the bucket)."""
-    return _kek_id_bytes(kek).hex()
 
 
 def _wrap_key(kek: bytes) -> bytes:
@@ -260,7 +146,7 @@ def _wrap_key(kek: bytes) -> bytes:
 
 def wrap_keys(keys: RepoKeys, kek: bytes) -> bytes:
     """Encrypt the repository keys under the KEK, for storage in the bucket."""
-    header = _WRAP_MAGIC + bytes([_WRAP_VERSION]) + _kek_id_bytes(kek)
+    header = _WRAP_MAGIC + bytes([_WRAP_VERSION]) + bytes.fromhex(kek_id(kek))
     nonce = secrets.token_bytes(12)
     sealed = AESGCM(_wrap_key(kek)).encrypt(nonce, keys.to_bytes(), _WRAP_AAD_LABEL + header)
     return header + nonce + sealed

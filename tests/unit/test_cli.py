@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from gitmld.client import cli, install
 from gitmld.client.progress import Progress, human_size, progress_enabled
+from gitmld.proto.keyfile import kek_id, load_kek
 from gitmld.proto.pointer import Pointer
 
 from tests.unit.test_gitconfig import git, gitenv_fixture  # noqa: F401 - provides `gitenv`
@@ -262,11 +263,11 @@ def test_keygen_writes_a_private_key(tmp_path: Path, gitenv: Path, run: Run) -> 
     path = tmp_path / "keys" / "kek"
     code, out, _ = run("keygen", str(path))
     assert code == 0
-    key = path.read_bytes()
+    key = load_kek(path)  # the format the daemon reads
     assert len(key) == 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert str(path) in out and hashlib.sha256(key).hexdigest()[:16] in out
+    assert str(path) in out and kek_id(key) in out
 
 
 def test_keygen_default_path_and_refusal_to_overwrite(gitenv: Path, run: Run) -> None:
