@@ -42,6 +42,14 @@ def socket_answers(path: Path) -> bool:
     return True
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @dataclass
 class GitEnv:
     """A user of the host: environment, a daemon, and helpers to run git and gitmld."""
@@ -133,6 +141,19 @@ class GitEnv:
                 daemon.kill()
                 daemon.wait(10)
         return daemon.returncode
+
+    def stop_autostarted_daemon(self, timeout: float = 60) -> None:
+        """Stop a daemon the filter started for this user, by the pid in its lock file."""
+        lock = self.socket_path.parent / "daemon.lock"
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        wait_until(lambda: not pid_alive(pid), timeout, f"autostarted daemon {pid} to stop")
 
     def daemon_log(self) -> str:
         with contextlib.suppress(FileNotFoundError):

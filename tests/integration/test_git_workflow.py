@@ -35,14 +35,6 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture
-def user(tmp_path: Path):
-    genv = GitEnv.create(tmp_path / "user1")
-    genv.start_daemon()
-    yield genv
-    genv.stop_daemon()
-
-
 def copy_keyfile(src: GitEnv, dst: GitEnv) -> None:
     """A second machine gets the keyfile out of band, never through Git."""
     s = Path(src.env["XDG_CONFIG_HOME"]) / "gitmld" / "keyfile"
@@ -96,65 +88,59 @@ def test_add_push_clone_checkout_and_branch_switch(user: GitEnv, s3_bucket) -> N
     assert user.git("status", "--porcelain", cwd=clone).stdout == b""
 
 
-def test_second_clone_on_the_host_reads_nothing_from_s3(user: GitEnv, s3_bucket, tmp_path: Path) -> None:
+def test_second_clone_on_the_host_reads_nothing_from_s3(user: GitEnv, make_user, s3_bucket) -> None:
     work = user.new_repo("model", s3_bucket.url, s3_bucket.endpoint)
     model = write_checkpoint(work / "model.safetensors", layers=4, hidden=512, seed=2)
     user.git("add", "model.safetensors", cwd=work)
     user.git("commit", "-q", "-m", "base", cwd=work)
     user.git("push", "-q", "origin", "main", cwd=work)
 
-    other = GitEnv.create(tmp_path / "host2")  # another machine: empty cache, same keyfile
+    other = make_user("host2", start=False)  # another machine: empty cache, same keyfile
     copy_keyfile(user, other)
     other.start_daemon()
-    try:
-        c1 = other.clone(work, other.root / "c1")
-        assert sha256(c1 / "model.safetensors") == sha256(model)
-        after_first = stats_for(other, s3_bucket.url)
-        assert after_first["remote_gets"] > 0
-        cache_after_first = other.status().get("daemon", other.status())["cache_bytes"]
+    c1 = other.clone(work, other.root / "c1")
+    assert sha256(c1 / "model.safetensors") == sha256(model)
+    after_first = stats_for(other, s3_bucket.url)
+    assert after_first["remote_gets"] > 0
+    cache_after_first = other.status().get("daemon", other.status())["cache_bytes"]
 
-        c2 = other.clone(work, other.root / "c2")
-        assert sha256(c2 / "model.safetensors") == sha256(model)
-        after_second = stats_for(other, s3_bucket.url)
-        assert after_second["remote_gets"] == after_first["remote_gets"]
-        assert after_second["remote_get_bytes"] == after_first["remote_get_bytes"]
-        cache_after_second = other.status().get("daemon", other.status())["cache_bytes"]
-        assert cache_after_second - cache_after_first < model.stat().st_size // 20  # content held once
-    finally:
-        other.stop_daemon()
+    c2 = other.clone(work, other.root / "c2")
+    assert sha256(c2 / "model.safetensors") == sha256(model)
+    after_second = stats_for(other, s3_bucket.url)
+    assert after_second["remote_gets"] == after_first["remote_gets"]
+    assert after_second["remote_get_bytes"] == after_first["remote_get_bytes"]
+    cache_after_second = other.status().get("daemon", other.status())["cache_bytes"]
+    assert cache_after_second - cache_after_first < model.stat().st_size // 20  # content held once
 
 
-def test_eight_checkouts_at_once_fetch_each_chunk_once(user: GitEnv, s3_bucket, tmp_path: Path) -> None:
+def test_eight_checkouts_at_once_fetch_each_chunk_once(user: GitEnv, make_user, s3_bucket) -> None:
     work = user.new_repo("model", s3_bucket.url, s3_bucket.endpoint)
     model = write_checkpoint(work / "model.safetensors", layers=4, hidden=768, seed=3)
     user.git("add", "model.safetensors", cwd=work)
     user.git("commit", "-q", "-m", "base", cwd=work)
     user.git("push", "-q", "origin", "main", cwd=work)
 
-    other = GitEnv.create(tmp_path / "node")
+    other = make_user("node", start=False)
     copy_keyfile(user, other)
     other.start_daemon()
-    try:
-        origin = work.parent / "model.git"
-        procs = [
-            subprocess.Popen(["git", "clone", "-q", f"file://{origin}", str(other.root / f"c{i}")],
-                             env=other.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for i in range(8)
-        ]
-        for p in procs:
-            _, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err.decode(errors="replace")
-        for i in range(8):
-            assert sha256(other.root / f"c{i}" / "model.safetensors") == sha256(model)
-        stats = stats_for(other, s3_bucket.url)
-        # Stored bytes are < the file size (compressed); fetching any chunk twice would exceed it.
-        assert 0 < stats["remote_get_bytes"] <= model.stat().st_size
-    finally:
-        other.stop_daemon()
+    origin = work.parent / "model.git"
+    procs = [
+        subprocess.Popen(["git", "clone", "-q", f"file://{origin}", str(other.root / f"c{i}")],
+                         env=other.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for i in range(8)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode(errors="replace")
+    for i in range(8):
+        assert sha256(other.root / f"c{i}" / "model.safetensors") == sha256(model)
+    stats = stats_for(other, s3_bucket.url)
+    # Stored bytes are < the file size (compressed); fetching any chunk twice would exceed it.
+    assert 0 < stats["remote_get_bytes"] <= model.stat().st_size
 
 
-def test_daemon_killed_during_checkout_leaves_no_partial_file(user: GitEnv, s3_server, s3_bucket,
-                                                               tmp_path: Path) -> None:
+def test_daemon_killed_during_checkout_leaves_no_partial_file(user: GitEnv, make_user, s3_server,
+                                                               s3_bucket) -> None:
     proxy = TcpProxy(*host_port(s3_server.endpoint), rate_bytes_per_s=8 << 20)
     proxy.up()
     try:
@@ -164,9 +150,8 @@ def test_daemon_killed_during_checkout_leaves_no_partial_file(user: GitEnv, s3_s
         user.git("commit", "-q", "-m", "base", cwd=work)
         user.git("push", "-q", "origin", "main", cwd=work)
 
-        other = GitEnv.create(tmp_path / "node")
+        other = make_user("node", start=False, GITMLD_NO_AUTOSTART="1")
         copy_keyfile(user, other)
-        other.env["GITMLD_NO_AUTOSTART"] = "1"
         daemon = other.start_daemon()
         origin = work.parent / "model.git"
         dest = other.root / "c"
@@ -191,13 +176,12 @@ def test_daemon_killed_during_checkout_leaves_no_partial_file(user: GitEnv, s3_s
         other.start_daemon()
         other.git("checkout", "-f", "HEAD", "--", ".", cwd=dest)
         assert sha256(target) == sha256(model)
-        other.stop_daemon()
     finally:
         proxy.down()
 
 
-def test_push_with_remote_down_fails_keeps_queue_then_succeeds(user: GitEnv, s3_server, s3_bucket,
-                                                                tmp_path: Path) -> None:
+def test_push_with_remote_down_fails_keeps_queue_then_succeeds(user: GitEnv, make_user, s3_server,
+                                                                s3_bucket) -> None:
     proxy = TcpProxy(*host_port(s3_server.endpoint))
     proxy.up()
     try:
@@ -223,14 +207,11 @@ def test_push_with_remote_down_fails_keeps_queue_then_succeeds(user: GitEnv, s3_
         user.git("push", "-q", "origin", "main", cwd=work)
         assert stats_for(user, s3_bucket.url)["upload_queue"] == 0
 
-        other = GitEnv.create(tmp_path / "host2")
+        other = make_user("host2", start=False)
         copy_keyfile(user, other)
         other.start_daemon()
-        try:
-            c = other.clone(work, other.root / "c")
-            assert sha256(c / "model.safetensors") == sha256(model)
-        finally:
-            other.stop_daemon()
+        c = other.clone(work, other.root / "c")
+        assert sha256(c / "model.safetensors") == sha256(model)
     finally:
         proxy.down()
 
@@ -268,11 +249,11 @@ def test_protocol_garbage_gets_an_error_and_the_daemon_lives(user: GitEnv) -> No
     assert ftype == 0x06
     error = json.loads(data[5 : 5 + length])
     assert error["code"] == "protocol"
-    assert user.status()["daemon"]["pid"] if "daemon" in user.status() else user.status()["pid"]
+    assert user.status()["pid"] == user.daemon.pid if user.daemon else False
 
 
-def test_many_filters_starting_at_once_start_one_daemon(tmp_path: Path, s3_bucket) -> None:
-    genv = GitEnv.create(tmp_path / "auto")  # no daemon started by the test
+def test_many_filters_starting_at_once_start_one_daemon(make_user, s3_bucket) -> None:
+    genv = make_user("auto", start=False)  # no daemon: the filters must start exactly one
     work = genv.new_repo("model", s3_bucket.url, s3_bucket.endpoint)
     for i in range(6):
         (work / f"m{i}.bin").write_bytes(hashlib.sha256(str(i).encode()).digest() * 4096)
@@ -288,15 +269,6 @@ def test_many_filters_starting_at_once_start_one_daemon(tmp_path: Path, s3_bucke
         t.start()
     for t in threads:
         t.join(120)
-    try:
-        assert errors == []
-        lock = genv.socket_path.parent / "daemon.lock"
-        pid = int(lock.read_text().split()[0])
-        log = genv.daemon_log() + (genv.cache_dir / "daemon.log").read_text(errors="replace")
-        assert log.count("serving") == 1, log
-    finally:
-        genv.gitmld("status", cwd=work, check=False)
-        import os
-
-        os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not genv.socket_path.exists(), 60, "the autostarted daemon to stop")
+    assert errors == []
+    log = (genv.cache_dir / "daemon.log").read_text(errors="replace")
+    assert log.count("serving") == 1, log
