@@ -675,11 +675,15 @@ def cmd_pointer_textconv(args: argparse.Namespace) -> int:
 
 
 def textconv(path: Path) -> str:
-    """What `git diff` shows for a gitmld file. Git hands textconv the smudged content (it
-    converts blobs to their worktree form first), so usually this is the file itself: one line
-    with its sha256 and size, which change exactly when the pointer's oid and size would. A
-    pointer (an unsmudged checkout, `git show` of a blob) is shown as its text."""
-    digest = hashlib.sha256()
+    """What `git diff` shows for a gitmld file: its pointer text, model description included.
+
+    Git hands textconv the smudged content (it converts blobs to their worktree form first), so
+    the content is cleaned through the daemon, exactly as `git add` would, and the resulting
+    pointer is shown: a diff then lists which tensors changed. Git already cleans a modified
+    worktree file for `git diff`, and the daemon stores each chunk once, so this costs hashing,
+    not space. Without a daemon, one line with the content's sha256 and size is shown instead.
+    A pointer (an unsmudged checkout, `git show` of a blob) is shown as its text.
+    """
     with open(path, "rb") as f:
         head = f.read(MAX_POINTER_SIZE + 1)
         if looks_like_pointer(head) or is_lfs_pointer(head):
@@ -689,8 +693,33 @@ def textconv(path: Path) -> str:
                 return head.decode("utf-8", errors="replace")
             except PointerError as e:
                 return f"gitmld: damaged pointer: {e}\n{head.decode('utf-8', errors='replace')}"
-        size = len(head)
-        digest.update(head)
+    from gitmld.client.daemon_client import DaemonError
+
+    try:
+        return pointer_text_via_daemon(path)
+    except (DaemonError, ConfigError, GitError) as e:
+        return f"{content_summary(path)}(no description: {e})\n"
+
+
+def pointer_text_via_daemon(path: Path) -> str:
+    """Clean the file through the daemon and return the pointer text it answers."""
+    from gitmld.client.daemon_client import DaemonClient
+
+    remote = load_remote_config().to_json()
+    client = DaemonClient.connect()
+    try:
+        with open(path, "rb") as f:
+            answer = client.put(remote, str(path), iter(lambda: f.read(READ_SIZE), b""))
+    finally:
+        client.close()
+    return str(answer["pointer"])
+
+
+def content_summary(path: Path) -> str:
+    """One line with the content's sha256 and size: changes exactly when the pointer's oid would."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
         while data := f.read(READ_SIZE):
             digest.update(data)
             size += len(data)

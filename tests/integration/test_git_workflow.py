@@ -75,6 +75,11 @@ def test_add_push_clone_checkout_and_branch_switch(user: GitEnv, s3_bucket) -> N
     user.git("commit", "-q", "-am", "fine-tune layer 3", cwd=work)
     user.git("push", "-q", "origin", "finetune", cwd=work)
 
+    diff = user.git("diff", "main", "finetune", "--", "model.safetensors", cwd=work).stdout.decode()
+    changed = {line.split()[1] for line in diff.splitlines() if line.startswith("+tensor ")}
+    assert changed and all(".layers.3." in name for name in changed), diff  # only the fine-tuned layer
+    assert f"-oid sha256:{base_sum}" in diff and f"+oid sha256:{v2_sum}" in diff
+
     user.git("checkout", "-q", "main", cwd=work)
     assert sha256(work / "model.safetensors") == base_sum
     user.git("checkout", "-q", "finetune", cwd=work)

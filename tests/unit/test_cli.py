@@ -290,12 +290,14 @@ def test_textconv_prints_the_pointer(tmp_path: Path, run: Run) -> None:
     assert run("pointer-textconv", str(tmp_path / "p")) == (0, text, "")
 
 
-def test_textconv_summarises_content_by_its_oid(tmp_path: Path, run: Run) -> None:
+def test_textconv_without_a_daemon_summarises_content_by_its_oid(gitenv: Path, run: Run) -> None:
     content = os.urandom(3 << 20)  # larger than a pointer can be: read in pieces
-    (tmp_path / "big").write_bytes(content)
-    code, out, _ = run("pointer-textconv", str(tmp_path / "big"))
+    (gitenv / "big").write_bytes(content)
+    code, out, _ = run("pointer-textconv", str(gitenv / "big"))
     assert code == 0
-    assert out == f"gitmld content: sha256:{hashlib.sha256(content).hexdigest()}, 3.00 MiB ({3 << 20} bytes)\n"
+    first, second = out.splitlines()
+    assert first == f"gitmld content: sha256:{hashlib.sha256(content).hexdigest()}, 3.00 MiB ({3 << 20} bytes)"
+    assert second.startswith("(no description: ") and "daemon" in second
 
 
 def test_git_diff_shows_pointer_changes_through_textconv(gitenv: Path) -> None:
