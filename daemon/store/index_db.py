@@ -1,0 +1,318 @@
+"""The host index: one LMDB environment per repository in the host cache (schema in FORMAT.md).
+
+Named databases (keys and values are fixed-layout little-endian structs):
+
+| db | key | value |
+|---|---|---|
+| meta | b"schema", b"repo_id" | ascii |
+| chunks | chunk id | pack_id[16] offset:u64 stored_len:u32 plain_len:u32 -- where it is (or will be) in the bucket |
+| local | chunk id | seg_id[16] offset:u64 length:u32 -- where it is in this cache |
+| segchunks | seg_id + chunk id | empty -- which chunks a segment holds (for eviction) |
+| segments | seg_id | kind:u8 state:u8 size:u64 last_access:f64 |
+| packents | pack id | the pack's entry table (growing while open), until an uploaded index segment covers it |
+| manifests | oid (32 raw bytes) | flags:u8 (1 = uploaded) + manifest plaintext |
+| queue | b"p"+pack id / b"m"+oid | empty -- the persistent upload queue |
+| seen_index | index object name | empty -- remote index segments already merged into `chunks` |
+
+Reads may run on any thread. Every write method runs on the store's single I/O thread
+(LMDB write transactions belong to the thread that began them); each is one transaction,
+so a crash leaves the records before or after it, never half.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lmdb
+from gitmld.daemon.store.errors import UnsupportedFormat
+from gitmld.daemon.store.pack import ENTRY, PackEntry, encode_entries
+
+SCHEMA_VERSION = 1
+MAP_SIZE = 1 << 40  # sparse: the file grows with the data, the map only reserves addresses
+REMOTE_LOC = struct.Struct("<16sQII")
+LOCAL_LOC = struct.Struct("<16sQI")
+SEG = struct.Struct("<BBQd")
+_DBS = ("meta", "chunks", "local", "segchunks", "segments", "packents", "manifests", "queue", "seen_index")
+
+
+class SegKind(enum.IntEnum):
+    PACK = 1  # locally written chunks; becomes a pack object
+    FETCH = 2  # chunks fetched from the remote
+
+
+class SegState(enum.IntEnum):
+    OPEN = 0  # being appended to
+    SEALED = 1  # pack: trailer written, fsynced, queued for upload
+    UPLOADED = 2  # pack: durable in the bucket (evictable)
+    CLOSED = 3  # fetch: full, fsynced (evictable)
+
+
+@dataclass(slots=True)
+class SegmentInfo:
+    seg_id: bytes
+    kind: SegKind
+    state: SegState
+    size: int
+    last_access: float
+
+    def pack(self) -> bytes:
+        return SEG.pack(self.kind, self.state, self.size, self.last_access)
+
+    @property
+    def evictable(self) -> bool:
+        return self.state in (SegState.UPLOADED, SegState.CLOSED)
+
+
+class RemoteLoc(NamedTuple):
+    pack_id: bytes
+    offset: int
+    stored_len: int
+    plain_len: int
+
+
+class LocalLoc(NamedTuple):
+    seg_id: bytes
+    offset: int
+    length: int
+
+
+class Fetched(NamedTuple):
+    """A chunk fetched from the remote and appended to a fetch segment."""
+
+    cid: bytes
+    seg_offset: int
+    remote: RemoteLoc
+
+
+class IndexDB:
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        # sync on, metasync off: a commit's data pages are fsynced, so a crash may undo the
+        # last transaction but never corrupts the database (LMDB's MDB_NOMETASYNC contract).
+        self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=len(_DBS), subdir=True,
+                             sync=True, metasync=False, readahead=False, max_readers=512)
+        self.db: dict[str, Any] = {name: self.env.open_db(name.encode()) for name in _DBS}
+        with self.env.begin(write=True) as txn:
+            schema = txn.get(b"schema", db=self.db["meta"])
+            if schema is None:
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.db["meta"])
+            elif int(schema) > SCHEMA_VERSION:
+                raise UnsupportedFormat(
+                    f"host index {path} has schema {int(schema)}, newer than this gitmld ({SCHEMA_VERSION});"
+                    " upgrade gitmld or use another GITMLD_CACHE_DIR")
+
+    def close(self) -> None:
+        self.env.close()
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def remote_loc(self, cid: bytes) -> RemoteLoc | None:
+        with self.env.begin(db=self.db["chunks"]) as txn:
+            raw = txn.get(cid)
+        return RemoteLoc(*REMOTE_LOC.unpack(raw)) if raw is not None else None
+
+    def known(self, cids: Iterable[bytes]) -> set[bytes]:
+        """The subset of cids with a bucket location (durable or queued): dedup hits."""
+        with self.env.begin(db=self.db["chunks"]) as txn:
+            return {c for c in cids if txn.get(c) is not None}
+
+    def local_locs(self, cids: Iterable[bytes]) -> list[LocalLoc | None]:
+        with self.env.begin() as txn:
+            out: list[LocalLoc | None] = []
+            for c in cids:
+                raw = txn.get(c, db=self.db["local"])
+                out.append(LocalLoc(*LOCAL_LOC.unpack(raw)) if raw is not None else None)
+            return out
+
+    def segment(self, seg_id: bytes) -> SegmentInfo | None:
+        with self.env.begin(db=self.db["segments"]) as txn:
+            raw = txn.get(seg_id)
+        return _seg(seg_id, raw) if raw is not None else None
+
+    def segments(self) -> list[SegmentInfo]:
+        with self.env.begin(db=self.db["segments"]) as txn:
+            return [_seg(bytes(k), v) for k, v in txn.cursor()]
+
+    def manifest(self, oid_raw: bytes) -> tuple[bool, bytes] | None:
+        """(uploaded, plaintext) of a manifest this host knows."""
+        with self.env.begin(db=self.db["manifests"]) as txn:
+            raw = txn.get(oid_raw)
+        return (bool(raw[0] & 1), bytes(raw[1:])) if raw is not None else None
+
+    def queue(self) -> tuple[list[bytes], list[bytes]]:
+        """(pack ids, manifest oids) waiting for upload."""
+        packs: list[bytes] = []
+        manifests: list[bytes] = []
+        with self.env.begin(db=self.db["queue"]) as txn:
+            for key in txn.cursor().iternext(values=False):
+                (packs if key[:1] == b"p" else manifests).append(bytes(key[1:]))
+        return packs, manifests
+
+    def is_queued(self, pack_id: bytes) -> bool:
+        with self.env.begin(db=self.db["queue"]) as txn:
+            return txn.get(b"p" + pack_id) is not None
+
+    def unindexed(self) -> dict[bytes, bytes]:
+        """Pack id -> entry table of uploaded packs no uploaded index segment covers yet."""
+        out = {}
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self.db["packents"]):
+                raw = txn.get(k, db=self.db["segments"])
+                if raw is None or _seg(bytes(k), raw).state == SegState.UPLOADED:
+                    out[bytes(k)] = bytes(v)
+        return out
+
+    def seen_index(self) -> set[str]:
+        with self.env.begin(db=self.db["seen_index"]) as txn:
+            return {bytes(k).decode() for k in txn.cursor().iternext(values=False)}
+
+    def segment_chunks(self, seg_id: bytes) -> list[bytes]:
+        with self.env.begin(db=self.db["segchunks"]) as txn:
+            cur = txn.cursor()
+            out = []
+            if cur.set_range(seg_id):
+                for key in cur.iternext(values=False):
+                    if key[:16] != seg_id:
+                        break
+                    out.append(bytes(key[16:]))
+            return out
+
+    # -- writes (I/O thread) ------------------------------------------------------------------
+
+    def put_segment(self, info: SegmentInfo) -> None:
+        with self.env.begin(write=True, db=self.db["segments"]) as txn:
+            txn.put(info.seg_id, info.pack())
+
+    def record_packed(self, seg: SegmentInfo, entries: list[PackEntry]) -> None:
+        """Chunks appended to pack segment `seg`: their bucket and local locations, and the
+        pack's growing entry table (its future trailer and index section)."""
+        sid = seg.seg_id
+        with self.env.begin(write=True) as txn:
+            for e in entries:
+                txn.put(e.cid, REMOTE_LOC.pack(sid, e.offset, e.stored_len, e.plain_len), db=self.db["chunks"])
+                txn.put(e.cid, LOCAL_LOC.pack(sid, e.offset, e.stored_len), db=self.db["local"])
+                txn.put(sid + e.cid, b"", db=self.db["segchunks"])
+            table = txn.get(sid, db=self.db["packents"]) or b""
+            txn.put(sid, bytes(table) + encode_entries(entries), db=self.db["packents"])
+            txn.put(sid, seg.pack(), db=self.db["segments"])
+
+    def pack_entries(self, pack_id: bytes) -> bytes:
+        with self.env.begin(db=self.db["packents"]) as txn:
+            return bytes(txn.get(pack_id) or b"")
+
+    def record_fetched(self, seg: SegmentInfo, items: list[Fetched]) -> None:
+        sid = seg.seg_id
+        with self.env.begin(write=True) as txn:
+            for cid, seg_offset, loc in items:
+                txn.put(cid, REMOTE_LOC.pack(*loc), db=self.db["chunks"])
+                txn.put(cid, LOCAL_LOC.pack(sid, seg_offset, loc.stored_len), db=self.db["local"])
+                txn.put(sid + cid, b"", db=self.db["segchunks"])
+            txn.put(sid, seg.pack(), db=self.db["segments"])
+
+    def seal_pack(self, seg: SegmentInfo) -> None:
+        """The pack's file is complete and fsynced: queue its upload."""
+        with self.env.begin(write=True) as txn:
+            txn.put(seg.seg_id, seg.pack(), db=self.db["segments"])
+            txn.put(b"p" + seg.seg_id, b"", db=self.db["queue"])
+
+    def pack_uploaded(self, pack_id: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(pack_id, db=self.db["segments"])
+            if raw is not None:
+                info = _seg(pack_id, raw)
+                info.state = SegState.UPLOADED
+                txn.put(pack_id, info.pack(), db=self.db["segments"])
+            txn.delete(b"p" + pack_id, db=self.db["queue"])
+
+    def index_written(self, name: str, pack_ids: Iterable[bytes]) -> None:
+        with self.env.begin(write=True) as txn:
+            for pid in pack_ids:
+                txn.delete(pid, db=self.db["packents"])
+            txn.put(name.encode(), b"", db=self.db["seen_index"])
+
+    def merge_index(self, name: str, sections: Iterable[tuple[bytes, memoryview]]) -> int:
+        """Add a remote index segment's entries to `chunks`; returns how many."""
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for pack_id, table in sections:
+                for cid, offset, stored_len, plain_len in ENTRY.iter_unpack(table):
+                    txn.put(cid, REMOTE_LOC.pack(pack_id, offset, stored_len, plain_len), db=self.db["chunks"])
+                    n += 1
+            txn.put(name.encode(), b"", db=self.db["seen_index"])
+        return n
+
+    def put_manifest(self, oid_raw: bytes, plain: bytes, *, uploaded: bool) -> None:
+        """Store a manifest; a not-yet-uploaded one joins the upload queue."""
+        with self.env.begin(write=True) as txn:
+            old = txn.get(oid_raw, db=self.db["manifests"])
+            if old is not None and old[0] & 1:
+                return  # already durable in the bucket
+            txn.put(oid_raw, bytes([1 if uploaded else 0]) + plain, db=self.db["manifests"])
+            if uploaded:
+                txn.delete(b"m" + oid_raw, db=self.db["queue"])
+            else:
+                txn.put(b"m" + oid_raw, b"", db=self.db["queue"])
+
+    def manifest_uploaded(self, oid_raw: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(oid_raw, db=self.db["manifests"])
+            if raw is not None:
+                txn.put(oid_raw, b"\x01" + bytes(raw[1:]), db=self.db["manifests"])
+            txn.delete(b"m" + oid_raw, db=self.db["queue"])
+
+    def drop_local(self, cid: bytes, seg_id: bytes) -> None:
+        """Forget a cached copy (it failed verification or its file is gone)."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(cid, db=self.db["local"])
+            if raw is not None and raw[:16] == seg_id:
+                txn.delete(cid, db=self.db["local"])
+            txn.delete(seg_id + cid, db=self.db["segchunks"])
+
+    def drop_segment(self, seg_id: bytes, *, forget_remote: bool = False) -> int:
+        """Evict: drop the segment and every local location in it. With forget_remote (a
+        pack that was never uploaded and whose file is lost) also drop the bucket
+        locations that pointed into it and its queue entry. Returns chunks dropped."""
+        chunks = self.segment_chunks(seg_id)
+        with self.env.begin(write=True) as txn:
+            for cid in chunks:
+                raw = txn.get(cid, db=self.db["local"])
+                if raw is not None and raw[:16] == seg_id:
+                    txn.delete(cid, db=self.db["local"])
+                if forget_remote:
+                    rraw = txn.get(cid, db=self.db["chunks"])
+                    if rraw is not None and rraw[:16] == seg_id:
+                        txn.delete(cid, db=self.db["chunks"])
+                txn.delete(seg_id + cid, db=self.db["segchunks"])
+            txn.delete(seg_id, db=self.db["segments"])
+            if forget_remote:
+                txn.delete(seg_id, db=self.db["packents"])
+                txn.delete(b"p" + seg_id, db=self.db["queue"])
+        return len(chunks)
+
+    def touch(self, accessed: dict[bytes, float]) -> None:
+        """Persist last-access times (kept in memory between calls: reads write nothing)."""
+        with self.env.begin(write=True, db=self.db["segments"]) as txn:
+            for sid, when in accessed.items():
+                raw = txn.get(sid)
+                if raw is not None:
+                    info = _seg(sid, raw)
+                    info.last_access = max(info.last_access, when)
+                    txn.put(sid, info.pack())
+
+
+def _seg(seg_id: bytes, raw: bytes) -> SegmentInfo:
+    kind, state, size, last = SEG.unpack(raw)
+    return SegmentInfo(seg_id, SegKind(kind), SegState(state), size, last)
+
+
+def new_segment(seg_id: bytes, kind: SegKind) -> SegmentInfo:
+    return SegmentInfo(seg_id, kind, SegState.OPEN, 0, time.time())

@@ -1,0 +1,99 @@
+"""Segment files of the host cache: append-only files of encoded chunk blobs.
+
+A pack segment becomes a pack object when sealed (trailer appended, fsynced), so uploading
+it is a plain file upload. Fetch segments hold blobs fetched from the remote. Everything
+here is blocking file I/O: callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ID_LEN = 16
+
+
+class SegmentWriter:
+    """Appends to one segment file; `size` is where the next blob goes."""
+
+    def __init__(self, seg_id: bytes, fd: int, size: int) -> None:
+        self.seg_id = seg_id
+        self._fd = fd
+        self.size = size
+
+    def append(self, data: bytes | memoryview) -> int:
+        """Write data at the end; return the offset it starts at."""
+        offset = self.size
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, self.size)
+            self.size += n
+            view = view[n:]
+        return offset
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class SegmentFiles:
+    """The `segments/` directory: one file per segment, named by its 32-hex id."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, seg_id: bytes) -> Path:
+        return self.dir / seg_id.hex()
+
+    def create(self, seg_id: bytes) -> SegmentWriter:
+        fd = os.open(self.path(seg_id), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return SegmentWriter(seg_id, fd, 0)
+
+    def reopen(self, seg_id: bytes, size: int) -> SegmentWriter:
+        """Continue an open segment after a restart: bytes past `size` (never recorded) go."""
+        fd = os.open(self.path(seg_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, size)
+        return SegmentWriter(seg_id, fd, size)
+
+    def read(self, seg_id: bytes, offset: int, length: int) -> bytes:
+        """Up to `length` bytes at `offset` (short if the file is shorter); OSError if missing."""
+        fd = os.open(self.path(seg_id), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            parts: list[bytes] = []
+            while length > 0:
+                part = os.pread(fd, length, offset)
+                if not part:
+                    break
+                parts.append(part)
+                offset += len(part)
+                length -= len(part)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            os.close(fd)
+
+    def delete(self, seg_id: bytes) -> None:
+        self.path(seg_id).unlink(missing_ok=True)
+
+    def sync_dir(self) -> None:
+        """Make created/removed directory entries durable."""
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def list_ids(self) -> list[bytes]:
+        out = []
+        for entry in os.scandir(self.dir):
+            try:
+                seg_id = bytes.fromhex(entry.name)
+            except ValueError:
+                continue
+            if len(seg_id) == ID_LEN:
+                out.append(seg_id)
+        return out

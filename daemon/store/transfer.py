@@ -1,0 +1,86 @@
+"""The pack upload queue: sealed packs go up in the background, a bounded number at a time.
+
+After Git LFS's tq.TransferQueue: callers submit, the queue decides when; each pack has at
+most one upload in flight however often it is submitted (flush and the background both
+ask for it); retries with backoff live in the remote. The queue itself is persistent in
+LMDB (index_db `queue`), so this object only tracks what is in flight in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+from gitmld.daemon.remote.base import Remote
+from gitmld.daemon.store.budget import ByteBudget
+from gitmld.daemon.store.pack import object_name
+
+log = logging.getLogger(__name__)
+
+
+class PackUploader:
+    def __init__(self, remote: Remote, path_of: Callable[[bytes], Path], is_queued: Callable[[bytes], bool],
+                 on_uploaded: Callable[[bytes], Awaitable[None]], concurrency: int, max_bytes: int) -> None:
+        self._remote = remote
+        self._path_of = path_of
+        self._is_queued = is_queued
+        self._on_uploaded = on_uploaded
+        self._slots = asyncio.Semaphore(concurrency)
+        # A remote may hold a whole pack in memory while it uploads (S3 below its multipart
+        # threshold does): bound the bytes of packs in flight, not only their number.
+        self._bytes = ByteBudget(max_bytes)
+        self._tasks: dict[bytes, asyncio.Task[int]] = {}
+        self.failures = 0
+
+    def submit(self, pack_id: bytes) -> asyncio.Task[int]:
+        """Upload pack_id unless an upload of it is already running; the task's result is
+        the number of bytes uploaded."""
+        task = self._tasks.get(pack_id)
+        if task is None or task.done():
+            task = asyncio.create_task(self._upload(pack_id), name=f"upload {object_name(pack_id)}")
+            self._tasks[pack_id] = task
+            task.add_done_callback(functools.partial(self._finished, pack_id))
+        return task
+
+    async def wait(self, pack_ids: Iterable[bytes]) -> int:
+        """Submit (if needed) and wait for every pack; raise the first failure."""
+        tasks = [self.submit(pid) for pid in pack_ids]
+        if not tasks:
+            return 0
+        return sum(await asyncio.gather(*tasks))
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for t in self._tasks.values() if not t.done())
+
+    async def _upload(self, pack_id: bytes) -> int:
+        if not self._is_queued(pack_id):
+            return 0  # uploaded meanwhile (a finished upload leaves no task behind)
+        path = self._path_of(pack_id)
+        size = path.stat().st_size
+        async with self._bytes.hold(size), self._slots:
+            if not self._is_queued(pack_id):
+                return 0  # uploaded meanwhile (a finished upload leaves no task behind)
+            await self._remote.put_file(object_name(pack_id), path)
+        await self._on_uploaded(pack_id)
+        return size
+
+    def _finished(self, pack_id: bytes, task: asyncio.Task[int]) -> None:
+        if self._tasks.get(pack_id) is task:
+            del self._tasks[pack_id]
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here, so a background failure is never "unhandled"
+        if exc is not None:
+            self.failures += 1
+            log.warning("upload of %s failed (it stays queued; the next flush retries): %s",
+                        object_name(pack_id), exc)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
