@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from gitmld.proto.receive_buffer import ReceiveBuffer
+
 MAX_PKT_SIZE = 65520  # git's LARGE_PACKET_MAX, header included
 HEADER_SIZE = 4
 MAX_PAYLOAD = MAX_PKT_SIZE - HEADER_SIZE  # 65516
@@ -133,35 +135,11 @@ def encode_response_end() -> bytes:
     return RESPONSE_END_PKT
 
 
-class PktLineReader:
+class PktLineReader(ReceiveBuffer):
     """Feed bytes, pull events. Holds at most the bytes fed but not yet parsed."""
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-        self._eof = False
-
-    def feed(self, data: bytes) -> None:
-        if self._eof:
-            raise PktLineError("data fed after end of input")
-        if self._pos and self._pos >= len(self._buf) // 2:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
-
-    def feed_eof(self) -> None:
-        """Mark end of input; a partial packet left over is an error."""
-        self._eof = True
-        if self.buffered:
-            raise PktLineError(f"input ended inside a pkt-line ({self.buffered} bytes left over)")
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    @property
-    def at_eof(self) -> bool:
-        return self._eof and not self.buffered
+    error = PktLineError
+    unit = "pkt-line"
 
     def next_event(self) -> Event | None:
         """The next complete event, or None when more bytes are needed."""

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterator
 
 from gitmld.proto.pktline import Record
+from gitmld.proto.receive_buffer import ReceiveBuffer
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the filter ~5 ms
 if TYPE_CHECKING:
@@ -215,30 +216,11 @@ def _decode(ftype: int, payload: bytes) -> Event:
 _KNOWN_TYPES = frozenset({T_HELLO, T_REQUEST, T_RESPONSE, T_DATA, T_END, T_ERROR, T_PROGRESS})
 
 
-class FrameReader:
+class FrameReader(ReceiveBuffer):
     """Feed bytes, pull events. A bad header fails at once, before its payload arrives."""
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-        self._eof = False
-
-    def feed(self, data: bytes) -> None:
-        if self._eof:
-            raise WireError("data fed after end of input")
-        if self._pos and self._pos >= len(self._buf) // 2:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
-
-    def feed_eof(self) -> None:
-        self._eof = True
-        if self.buffered:
-            raise WireError(f"connection closed inside a frame ({self.buffered} bytes left over)")
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
+    error = WireError
+    unit = "frame"
 
     def next_event(self) -> Event | None:
         buf, pos = self._buf, self._pos
