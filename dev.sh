@@ -28,6 +28,8 @@ case "${1:-}" in
     install "[test]"
     shift
     "$VENV/bin/ruff" check .
+    mypy=$(cd "$VENV/bin" && pwd)/mypy
+    (cd typecheck && "$mypy" -p gitmld --config-file ../pyproject.toml)
     exec "$VENV/bin/pytest" -q -p no:cacheprovider "$@"
     ;;
   *)

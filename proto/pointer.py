@@ -259,7 +259,7 @@ def _field(line: str, number: int, key: str) -> str:
     return value
 
 
-def looks_like_pointer(data: bytes) -> bool:
+def looks_like_pointer(data: bytes | bytearray) -> bool:
     """Cheap test: do these bytes start like a gitmld pointer (any version) and are small enough?
 
     Needs at least the first 15 bytes; a True answer still needs `Pointer.parse` to confirm.

@@ -1,0 +1,1 @@
+../../gitmld_pkg/__init__.py
