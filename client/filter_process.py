@@ -347,7 +347,7 @@ class FilterProcess:
             return b"", spool
         return bytes(buf), None
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self._out, view)
