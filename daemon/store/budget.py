@@ -21,7 +21,7 @@ class ByteBudget:
     async def acquire(self, n: int) -> None:
         """Wait until n more bytes fit; raise the error given to fail(), if any."""
         async with self._cond:
-            while self.error is None and self.used and self.used + n > self.limit:
+            while self.error is None and n > 0 and self.used and self.used + n > self.limit:
                 await self._cond.wait()
             if self.error is not None:
                 raise self.error

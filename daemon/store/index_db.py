@@ -120,6 +120,11 @@ class IndexDB:
             raw = txn.get(cid)
         return RemoteLoc(*REMOTE_LOC.unpack(raw)) if raw is not None else None
 
+    def remote_locs(self, cids: Iterable[bytes]) -> list[RemoteLoc | None]:
+        with self.env.begin(db=self.db["chunks"]) as txn:
+            raws = [txn.get(c) for c in cids]
+        return [RemoteLoc(*REMOTE_LOC.unpack(r)) if r is not None else None for r in raws]
+
     def known(self, cids: Iterable[bytes]) -> set[bytes]:
         """The subset of cids with a bucket location (durable or queued): dedup hits."""
         with self.env.begin(db=self.db["chunks"]) as txn:
@@ -192,11 +197,14 @@ class IndexDB:
         with self.env.begin(write=True, db=self.db["segments"]) as txn:
             txn.put(info.seg_id, info.pack())
 
-    def record_packed(self, seg: SegmentInfo, entries: list[PackEntry]) -> None:
+    def record_packed(self, seg: SegmentInfo, entries: list[PackEntry], *, queue: bool = False) -> None:
         """Chunks appended to pack segment `seg`: their bucket and local locations, and the
-        pack's growing entry table (its future trailer and index section)."""
+        pack's growing entry table (its future trailer and index section). queue: the pack
+        is sealed (fsynced) now; queue its upload in the same transaction."""
         sid = seg.seg_id
         with self.env.begin(write=True) as txn:
+            if queue:
+                txn.put(b"p" + sid, b"", db=self.db["queue"])
             for e in entries:
                 txn.put(e.cid, REMOTE_LOC.pack(sid, e.offset, e.stored_len, e.plain_len), db=self.db["chunks"])
                 txn.put(e.cid, LOCAL_LOC.pack(sid, e.offset, e.stored_len), db=self.db["local"])
@@ -217,12 +225,6 @@ class IndexDB:
                 txn.put(cid, LOCAL_LOC.pack(sid, seg_offset, loc.stored_len), db=self.db["local"])
                 txn.put(sid + cid, b"", db=self.db["segchunks"])
             txn.put(sid, seg.pack(), db=self.db["segments"])
-
-    def seal_pack(self, seg: SegmentInfo) -> None:
-        """The pack's file is complete and fsynced: queue its upload."""
-        with self.env.begin(write=True) as txn:
-            txn.put(seg.seg_id, seg.pack(), db=self.db["segments"])
-            txn.put(b"p" + seg.seg_id, b"", db=self.db["queue"])
 
     def pack_uploaded(self, pack_id: bytes) -> None:
         with self.env.begin(write=True) as txn:

@@ -6,7 +6,9 @@ before its file is deleted. A crash therefore leaves orphan bytes (cut off or de
 `recover`) or consistent records, never a record pointing at bytes that were never written.
 
 Every method here blocks; the store calls them on its single I/O thread, except `read`,
-which any thread may call.
+which any thread may call. Sealing a full pack (fsync, then its LMDB transaction) runs on a
+sealer thread so appending to the next pack goes on meanwhile; `wait_sealed` is the barrier
+flush and the end of a put go through, so nothing durable ever names an unsealed pack.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +31,7 @@ from gitmld.daemon.store.index_db import (
     new_segment,
 )
 from gitmld.daemon.store.keys import RepoKeys
-from gitmld.daemon.store.pack import PackEntry, build_tail
+from gitmld.daemon.store.pack import PackEntry, build_tail, encode_entries
 from gitmld.daemon.store.segments import ID_LEN, SegmentFiles, SegmentWriter
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,6 @@ class NewChunk(NamedTuple):
 
 class Appended(NamedTuple):
     locs: list[RemoteLoc]  # one per chunk given, in order
-    sealed: list[bytes]  # packs sealed (queued for upload) meanwhile
     new_chunks: int
     new_plain: int
     new_stored: int
@@ -52,8 +54,9 @@ class Appended(NamedTuple):
 
 class HostCache:
     def __init__(self, root: Path, keys: RepoKeys, *, pack_size: int, fetch_segment_size: int,
-                 limit_bytes: int) -> None:
+                 limit_bytes: int, on_sealed: Callable[[bytes], None] = lambda pack_id: None) -> None:
         self.keys = keys
+        self.on_sealed = on_sealed  # called on the sealer thread once a pack is queued for upload
         self.pack_size = pack_size
         self.fetch_segment_size = fetch_segment_size
         self.limit_bytes = limit_bytes
@@ -66,6 +69,12 @@ class HostCache:
         self._pack_info: SegmentInfo | None = None
         self._fetch: SegmentWriter | None = None
         self._fetch_info: SegmentInfo | None = None
+        # Chunks appended to the open pack but not yet in LMDB: recorded in one transaction
+        # when the pack is sealed or a put finishes (one commit per pack, not per batch).
+        self._unrecorded: list[PackEntry] = []
+        self._pending: dict[bytes, RemoteLoc] = {}  # also holds chunks of packs being sealed
+        self._sealer = ThreadPoolExecutor(1, "gitmld-seal")
+        self._sealing: list[Future[bytes]] = []
 
     # -- startup --------------------------------------------------------------------------
 
@@ -91,7 +100,9 @@ class HostCache:
                     self._pack, self._pack_info = writer, s  # appending goes on where it stopped
                     continue
                 if s.kind == SegKind.PACK:
-                    self._seal(writer, s)  # a second open pack (cannot happen today): finish it
+                    self._seal(writer, s, [])  # a second open pack (cannot happen today): finish it
+                    self.sizes[s.seg_id] = s.size
+                    continue
                 else:
                     writer.sync()
                     writer.close()
@@ -117,36 +128,56 @@ class HostCache:
         """Append the chunks not yet known to the open pack; report every chunk's bucket
         location, in order, and the ids of packs sealed on the way."""
         locs: list[RemoteLoc] = []
-        sealed: list[bytes] = []
-        batch: list[PackEntry] = []
-        fresh: dict[bytes, RemoteLoc] = {}
-        new_plain = new_stored = 0
-        for cid, plain_len, blob in chunks:
-            loc = fresh.get(cid) or self.db.remote_loc(cid)
+        new_chunks = new_plain = new_stored = 0
+        known = self.db.remote_locs(c.cid for c in chunks)  # one read transaction for the batch
+        for (cid, plain_len, blob), stored in zip(chunks, known, strict=True):
+            loc = self._pending.get(cid) or stored
             if loc is None:
                 if blob is None:
                     raise RuntimeError(f"chunk {cid.hex()} was known when encoded and is gone now")
                 if self._pack is not None and self._pack.size and self._pack.size + len(blob) > self.pack_size:
-                    self._record_pack(batch)
-                    batch = []
-                    sealed.append(self._seal_pack())
+                    self._sealing.append(self._sealer.submit(self._seal_full_pack()))
                 pack = self._pack or self._new_pack()
                 offset = pack.append(blob)
-                batch.append(PackEntry(cid, offset, len(blob), plain_len))
-                loc = fresh[cid] = RemoteLoc(pack.seg_id, offset, len(blob), plain_len)
+                self._unrecorded.append(PackEntry(cid, offset, len(blob), plain_len))
+                loc = self._pending[cid] = RemoteLoc(pack.seg_id, offset, len(blob), plain_len)
+                new_chunks += 1
                 new_plain += plain_len
                 new_stored += len(blob)
             locs.append(loc)
-        self._record_pack(batch)
-        return Appended(locs, sealed, len(fresh), new_plain, new_stored)
+        if self._pack is not None:
+            self.sizes[self._pack.seg_id] = self._pack.size
+        self._sealing = [f for f in self._sealing if not f.done() or f.exception() is not None]
+        return Appended(locs, new_chunks, new_plain, new_stored)
+
+    def record_pending(self) -> None:
+        """Record every chunk appended so far: finish the seals in progress, then record the
+        open pack's chunks (a put calls this before its manifest is stored: a manifest only
+        ever names recorded chunks)."""
+        self.wait_sealed()
+        if self._unrecorded and self._pack is not None and self._pack_info is not None:
+            self._pack_info.size = self._pack.size
+            self.sizes[self._pack_info.seg_id] = self._pack.size
+            self.db.record_packed(self._pack_info, self._unrecorded)
+        self._unrecorded = []
+        self._pending.clear()
+
+    def wait_sealed(self) -> None:
+        """Barrier: every pack handed to the sealer is fsynced, recorded and queued (or its
+        error is raised here)."""
+        sealing, self._sealing = self._sealing, []
+        for fut in sealing:
+            fut.result()
 
     def seal_open_pack(self, only: bytes | None = None) -> bytes | None:
-        """Seal the open pack (if it holds anything, and is `only` when given)."""
-        if self._pack_info is None or self._pack_info.size == 0:
+        """Seal the open pack now (if it holds anything, and is `only` when given), after
+        the seals in progress: on return every pack with data is sealed and queued."""
+        self.wait_sealed()
+        if self._pack is None or self._pack_info is None or self._pack.size == 0:
             return None
         if only is not None and self._pack_info.seg_id != only:
             return None
-        return self._seal_pack()
+        return self._sealer.submit(self._seal_full_pack()).result()
 
     def _new_pack(self) -> SegmentWriter:
         seg_id = secrets.token_bytes(ID_LEN)
@@ -155,27 +186,35 @@ class HostCache:
         self.sizes[seg_id] = 0
         return self._pack
 
-    def _record_pack(self, entries: list[PackEntry]) -> None:
-        if entries and self._pack is not None and self._pack_info is not None:
-            self._pack_info.size = self._pack.size
-            self.sizes[self._pack_info.seg_id] = self._pack.size
-            self.db.record_packed(self._pack_info, entries)
-
-    def _seal_pack(self) -> bytes:
+    def _seal_full_pack(self) -> Callable[[], bytes]:
+        """Detach the open pack (appends go to a new one) and return the job that seals it."""
         writer, info = self._pack, self._pack_info
         assert writer is not None and info is not None
+        unrecorded, self._unrecorded = self._unrecorded, []
         self._pack = self._pack_info = None
-        return self._seal(writer, info)
 
-    def _seal(self, writer: SegmentWriter, info: SegmentInfo) -> bytes:
-        """Trailer + footer, fsync, then (only then) record the pack as sealed and queued."""
-        writer.append(build_tail(self.keys, info.seg_id, self.db.pack_entries(info.seg_id)))
+        def job() -> bytes:
+            pack_id = self._seal(writer, info, unrecorded)
+            for e in unrecorded:  # now in LMDB: the in-memory entries can go
+                loc = self._pending.get(e.cid)
+                if loc is not None and loc.pack_id == pack_id:
+                    self._pending.pop(e.cid, None)
+            self.on_sealed(pack_id)
+            return pack_id
+
+        return job
+
+    def _seal(self, writer: SegmentWriter, info: SegmentInfo, unrecorded: list[PackEntry]) -> bytes:
+        """Trailer + footer, fsync, then (only then) one transaction that records the chunks
+        not yet recorded and marks the pack sealed and queued."""
+        entries = self.db.pack_entries(info.seg_id) + encode_entries(unrecorded)
+        writer.append(build_tail(self.keys, info.seg_id, entries))
         writer.sync()
         writer.close()
         self.files.sync_dir()
         info.size, info.state = writer.size, SegState.SEALED
         self.sizes[info.seg_id] = info.size
-        self.db.seal_pack(info)
+        self.db.record_packed(info, unrecorded, queue=True)
         return info.seg_id
 
     def pack_uploaded(self, pack_id: bytes) -> None:
@@ -260,6 +299,10 @@ class HostCache:
 
     def close(self) -> None:
         """Persist what is in memory; the open pack stays open (resumed on the next start)."""
+        try:
+            self.record_pending()
+        finally:
+            self._sealer.shutdown()
         if self._pack is not None:
             self._pack.sync()
             self._pack.close()

@@ -21,6 +21,7 @@ from gitmld.daemon.remote.base import Remote, RemoteNotFound
 from gitmld.daemon.store import codec
 from gitmld.daemon.store.budget import ByteBudget
 from gitmld.daemon.store.errors import CorruptObject
+from gitmld.daemon.store.group_commit import GroupCommit
 from gitmld.daemon.store.index_db import RemoteLoc
 from gitmld.daemon.store.keys import RepoKeys
 from gitmld.daemon.store.local_cache import HostCache
@@ -75,6 +76,8 @@ class ChunkReader:
         # A GET's bytes count until they are written to the host cache: when the disk is slower
         # than the network, fetching waits instead of piling ranges up in memory.
         self._fetching = ByteBudget(options.max_fetching)
+        self._cache_writes: GroupCommit[tuple[bytes, memoryview, RemoteLoc]] = GroupCommit(
+            lambda items: self._run_io(self._cache.append_fetched, items))
         self._opts = options
         # chunk id -> (its plaintext, "it is in the host cache"): one fetch serves every reader
         self._inflight: dict[bytes, tuple[asyncio.Future[bytes], asyncio.Future[None]]] = {}
@@ -120,6 +123,7 @@ class ChunkReader:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._cache_writes.close()
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -262,7 +266,7 @@ class ChunkReader:
         items = [(r.cid, view[r.offset - g.start : r.offset - g.start + r.stored_len],
                   RemoteLoc(g.source, r.offset, r.stored_len, r.plain_len)) for r in g.refs]
         try:
-            await self._run_io(self._cache.append_fetched, items)
+            await self._cache_writes.submit(items)
         except Exception as exc:  # the read succeeded; only caching failed
             log.warning("could not add chunks of %s to the host cache: %s", name, exc)
 

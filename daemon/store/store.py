@@ -47,6 +47,8 @@ FlushHook = Callable[[str], Awaitable[None] | None]
 
 @dataclass(frozen=True, slots=True)
 class StoreOptions:
+    """Knobs that bound memory and disk; the remote's own options come from RemoteConfig."""
+
     cache_limit_bytes: int = 50 << 30  # segments beyond this are evicted, least recently used first
     chunk_avg_size: int = DEFAULT_AVG_SIZE  # for repositories created by this store
     read_ahead: int = 32 << 20  # plaintext bytes a reader plans ahead (bounds read memory)
@@ -56,7 +58,7 @@ class StoreOptions:
     max_fetching: int = 32 << 20  # fetched bytes not yet written to the host cache (all readers)
     put_batch_bytes: int = 2 << 20  # chunks per CPU-pool call
     put_in_flight_bytes: int = 16 << 20  # chunks between the chunker and the pack
-    max_uploading: int = 64 << 20  # bytes of packs being uploaded at once
+    max_uploading: int = 32 << 20  # bytes of packs uploading at once (a remote may hold ~2-3 copies in RAM)
     fetch_segment_size: int = 64 << 20  # size of a host-cache segment of fetched chunks
     index_refresh_seconds: float = 300.0  # merge other hosts' new index segments this often (on put)
 
@@ -75,6 +77,9 @@ class FlushResult:
 
 
 class ContentStore:
+    """One repository (remote) and its host cache; every checkout of that remote shares it,
+    so concurrent requests share transfers (single-flight) and the cache."""
+
     def __init__(self, *, config: RemoteConfig, remote: Remote, repo: Repository, cache: HostCache,
                  root: Path, lock_fd: int, options: StoreOptions, io: ThreadPoolExecutor) -> None:
         self.config = config
@@ -89,6 +94,8 @@ class ContentStore:
         self._hash_pool = ThreadPoolExecutor(2, "gitmld-hash")
         self._uploader = PackUploader(remote, cache.files.path, cache.db.is_queued, self._pack_uploaded,
                                       config.concurrency, options.max_uploading)
+        self._loop = asyncio.get_running_loop()
+        cache.on_sealed = self._pack_sealed
         self._reader = ChunkReader(
             remote=remote, cache=cache, keys=repo.keys, run_cpu=self._cpu, run_io=self._io,
             concurrency=config.concurrency,
@@ -172,15 +179,18 @@ class ContentStore:
             keys=self.repo.keys, cache=self._cache, run_cpu=self._cpu, run_hash=self._hash, run_io=self._io,
             chunk_avg_size=self.repo.config.chunk_avg_size, level=self.config.compression_level,
             batch_bytes=self.options.put_batch_bytes, max_in_flight=self.options.put_in_flight_bytes,
-            on_sealed=self._submit_packs, stats=self._put_stats)
+            stats=self._put_stats)
         outcome = await pipeline.run(stream)
         m = outcome.manifest
+        await self._io(self._cache.record_pending)  # the manifest may only name recorded chunks
         await self._io(self._cache.db.put_manifest, oid_bytes(m.oid), m.encode_plain(), uploaded=False)
         return PutResult(m.oid, m.size, outcome.tensors)
 
-    def _submit_packs(self, pack_ids: list[bytes]) -> None:
-        for pid in pack_ids:
-            self._uploader.submit(pid)
+    def _pack_sealed(self, pack_id: bytes) -> None:
+        """Sealer thread: a pack is queued in LMDB; upload it in the background."""
+        # RuntimeError: the loop is gone (shutting down); the queue in LMDB resumes it next start
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._uploader.submit, pack_id)
 
     async def _pack_uploaded(self, pack_id: bytes) -> None:
         await self._io(self._cache.pack_uploaded, pack_id)
@@ -280,12 +290,14 @@ class ContentStore:
         async with self._flush_lock:
             if oids is None:
                 manifests = self._cache.db.queue()[1]  # before sealing: their chunks are all appended
-                sealed = await self._io(self._cache.seal_open_pack)
+                sealed = await self._io(self._cache.seal_open_pack)  # and every seal in progress
                 if sealed:
                     self._uploader.submit(sealed)
                 packs = self._cache.db.queue()[0]
             else:
                 manifests, packs = await self._flush_plan(list(oids))
+                if not manifests:
+                    return FlushResult(0, 0)  # all of them are durable already
             self._check_lost(manifests)
             uploaded = await self._uploader.wait(packs)
             objects = len(packs)
@@ -326,6 +338,7 @@ class ContentStore:
                 f"{len(missing)} file(s) are neither in the host cache nor in {self.remote.url}: "
                 + ", ".join(missing[:5]) + ("" if len(missing) <= 5 else ", ...")
                 + "; add them again (`git add`) on a machine that has them", object=missing[0], missing=missing)
+        await self._io(self._cache.wait_sealed)  # packs being sealed join the queue first
         open_pack = self._cache.open_pack
         if open_pack is not None and open_pack in needed:
             sealed = await self._io(self._cache.seal_open_pack, open_pack)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from gitmld.daemon.store import codec
@@ -40,13 +41,12 @@ class PutStats:
 class PutOutcome:
     manifest: Manifest
     tensors: list[TensorInfo] | None
-    sealed: list[bytes] = field(default_factory=list)
 
 
 class PutPipeline:
     def __init__(self, *, keys: RepoKeys, cache: HostCache, run_cpu: Runner, run_hash: Runner,
                  run_io: Runner, chunk_avg_size: int, level: int, batch_bytes: int, max_in_flight: int,
-                 on_sealed: Callable[[list[bytes]], None], stats: PutStats) -> None:
+                 stats: PutStats) -> None:
         self._keys = keys
         self._cache = cache
         self._run_cpu = run_cpu
@@ -56,14 +56,13 @@ class PutPipeline:
         self._level = level
         self._batch_bytes = batch_bytes
         self._max_in_flight = max_in_flight
-        self._on_sealed = on_sealed
         self._stats = stats
 
     async def run(self, stream: AsyncIterator[bytes]) -> PutOutcome:
         chunker = StreamChunker(self._avg, tensor_aware=True)
         builder = ManifestBuilder()
         budget = ByteBudget(self._max_in_flight)
-        queue: asyncio.Queue[tuple[asyncio.Future[list[NewChunk]], int] | None] = asyncio.Queue()
+        queue = _Batches()
         appender = asyncio.create_task(self._append_loop(queue, builder, budget))
         hasher = hashlib.sha256()
         hashing: asyncio.Future[None] | None = None
@@ -78,7 +77,7 @@ class PutPipeline:
             if batch:
                 await budget.acquire(batch_bytes)
                 fut = self._run_cpu(_encode_batch, self._keys, self._cache.db, batch, self._level)
-                queue.put_nowait((asyncio.ensure_future(fut), batch_bytes))
+                queue.put((asyncio.ensure_future(fut), batch_bytes))
                 batch, batch_bytes = [], 0
 
         try:
@@ -102,8 +101,8 @@ class PutPipeline:
                 batch.append(chunk)
                 batch_bytes += len(chunk.data)
             await submit()
-            queue.put_nowait(None)
-            sealed = await appender
+            queue.put(None)
+            await appender
             if hashing is not None:
                 await hashing
             await self._run_hash(hash_all, hasher, hash_buf)
@@ -115,16 +114,18 @@ class PutPipeline:
         tensors = chunker.tensors
         manifest = builder.build("sha256:" + hasher.hexdigest(), size,
                                  [asdict(t) for t in tensors] if tensors is not None else None, chunker.metadata)
-        return PutOutcome(manifest, tensors, sealed)
+        return PutOutcome(manifest, tensors)
 
-    async def _append_loop(self, queue: asyncio.Queue[tuple[asyncio.Future[list[NewChunk]], int] | None],
-                           builder: ManifestBuilder, budget: ByteBudget) -> list[bytes]:
-        """Append encoded batches in stream order; record every chunk's location."""
-        sealed_all: list[bytes] = []
+    async def _append_loop(self, queue: _Batches, builder: ManifestBuilder, budget: ByteBudget) -> None:
+        """Append encoded batches in stream order and record every chunk's location. Batches
+        already encoded when one is taken go into the same append (one LMDB commit)."""
         try:
-            while (item := await queue.get()) is not None:
-                fut, nbytes = item
-                chunks = await fut
+            while (first := await queue.get()) is not None:
+                group = [(await first[0], first[1])]
+                while (nxt := queue.peek()) is not None and nxt[0].done():
+                    queue.pop()
+                    group.append((nxt[0].result(), nxt[1]))
+                chunks = [c for batch, _ in group for c in batch]
                 result = await self._run_io(self._cache.append_new, chunks)
                 for chunk, loc in zip(chunks, result.locs, strict=True):
                     builder.add(chunk.cid, chunk.plain_len, loc.pack_id, loc.offset, loc.stored_len)
@@ -133,18 +134,41 @@ class PutPipeline:
                 s.new_chunk_bytes += result.new_plain
                 s.stored_bytes += result.new_stored
                 s.dedup_chunks += len(chunks) - result.new_chunks
-                if result.sealed:
-                    sealed_all += result.sealed
-                    self._on_sealed(result.sealed)
-                await budget.release(nbytes)
+                await budget.release(sum(n for _, n in group))
         except BaseException as exc:
             await budget.fail(exc)
-            while not queue.empty():  # let encodes already started finish quietly
-                left = queue.get_nowait()
-                if left is not None:
-                    left[0].add_done_callback(lambda f: f.cancelled() or f.exception())
+            for fut, _ in queue.drain():  # let encodes already started finish quietly
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
-        return sealed_all
+
+
+class _Batches:
+    """FIFO of (encode future, plaintext bytes) with a peek; None marks the end."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[asyncio.Future[list[NewChunk]], int] | None] = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, item: tuple[asyncio.Future[list[NewChunk]], int] | None) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    async def get(self) -> tuple[asyncio.Future[list[NewChunk]], int] | None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def peek(self) -> tuple[asyncio.Future[list[NewChunk]], int] | None:
+        return self._items[0] if self._items else None
+
+    def pop(self) -> None:
+        self._items.popleft()
+
+    def drain(self) -> list[tuple[asyncio.Future[list[NewChunk]], int]]:
+        items = [i for i in self._items if i is not None]
+        self._items.clear()
+        return items
 
 
 def hash_all(hasher: Any, pieces: list[bytes]) -> None:
