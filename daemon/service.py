@@ -234,13 +234,11 @@ class Service:
             if not done:
                 stats = store.stats()
                 await ch.progress(
-                    {"what": "upload", "unit": "bytes", "done": stats.get("remote_put_bytes", 0),
-                     "queued": stats.get("upload_queue_bytes", stats.get("upload_queue", 0))}
+                    {"what": "upload", "unit": "bytes", "done": stats["remote_put_bytes"],
+                     "queued": stats["upload_queue_bytes"]}
                 )
         result = flush.result()
-        await ch.respond(
-            {"uploaded_bytes": getattr(result, "uploaded_bytes", 0), "objects": getattr(result, "objects", 0)}
-        )
+        await ch.respond({"uploaded_bytes": result.uploaded_bytes, "objects": result.objects})
 
     async def op_status(self, request: dict[str, Any], ch: Channel) -> None:
         await ch.respond(self.status())

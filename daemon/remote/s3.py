@@ -166,18 +166,7 @@ class S3Remote:
     # -- reads --------------------------------------------------------------------------
 
     async def get_bytes(self, name: str) -> bytes:
-        key = self._key(name)
-
-        async def op(client: Client) -> bytes:
-            resp = await client.get_object(Bucket=self.bucket, Key=key)
-            async with resp["Body"] as body:
-                data: bytes = await body.read()
-            return data
-
-        data = await self._call(name, op)
-        self.stats.gets += 1
-        self.stats.get_bytes += len(data)
-        return data
+        return await self._get(name, None)
 
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
         """At most `length` bytes from `offset`; fewer only at the end of the object."""
@@ -185,14 +174,18 @@ class S3Remote:
             raise ValueError(f"bad range offset={offset} length={length}")
         if length == 0:
             return b""
+        return await self._get(name, f"bytes={offset}-{offset + length - 1}")
+
+    async def _get(self, name: str, byte_range: str | None) -> bytes:
+        """One GET, whole or ranged, counted in the stats; a range past the end reads as empty."""
         key = self._key(name)
-        byte_range = f"bytes={offset}-{offset + length - 1}"
+        extra = {"Range": byte_range} if byte_range else {}
 
         async def op(client: Client) -> bytes:
             try:
-                resp = await client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+                resp = await client.get_object(Bucket=self.bucket, Key=key, **extra)
             except bex.ClientError as exc:
-                if _error_code(exc) == "InvalidRange":  # offset at or past the end
+                if byte_range and _error_code(exc) == "InvalidRange":  # offset at or past the end
                     return b""
                 raise
             async with resp["Body"] as body:
