@@ -286,7 +286,7 @@ def describe_content(
 
     digests = {t.name: t.digest for t in tensors} if tensors else None
     try:
-        return describe(sample, max_tensor_lines=max_tensor_lines, tensor_digests=digests)
+        return describe(sample.reader(), max_tensor_lines=max_tensor_lines, tensor_digests=digests)
     except Exception as e:
         log.warning("describing %s failed: %s", path or "<stdin>", e)
         return [("format", "unknown")]

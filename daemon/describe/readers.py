@@ -116,6 +116,8 @@ class HeadTailReader:
             out = self._head[offset:end]
         elif offset >= self._tail_start:
             out = self._tail[offset - self._tail_start : end - self._tail_start]
+        elif self._tail_start <= len(self._head):  # head and tail meet: the whole file is here
+            out = (self._head + self._tail[len(self._head) - self._tail_start :])[offset:end]
         else:
             raise Unavailable(f"bytes {offset}..{end} of {self._size} were not kept for describing")
         self.bytes_read += len(out)

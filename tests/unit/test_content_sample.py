@@ -6,12 +6,14 @@ import itertools
 import os
 
 import pytest
-from gitmld.daemon.content_sample import OutsideSample, StreamSample
+from gitmld.daemon.content_sample import StreamSample
+from gitmld.daemon.describe.base import DescribeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
 def feed_in_pieces(data: bytes, cuts: list[int], head: int, tail: int) -> StreamSample:
+    """The sample after feeding `data` split at `cuts`."""
     sample = StreamSample(head_bytes=head, tail_bytes=tail)
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     for a, b in itertools.pairwise(points):
@@ -31,14 +33,15 @@ def feed_in_pieces(data: bytes, cuts: list[int], head: int, tail: int) -> Stream
 def test_reads_match_the_stream_or_raise(data, cuts, head, tail, offset, length):
     sample = feed_in_pieces(data, cuts, head, tail)
     assert sample.size == len(data)
+    reader = sample.reader()
     end = min(offset + length, len(data))
     inside_head = end <= head
     inside_tail = offset >= len(data) - tail
     if end <= offset or inside_head or inside_tail or len(data) <= head + tail:
-        assert sample.read(offset, length) == data[offset:end]
+        assert reader.read(offset, length) == data[offset:end]
     else:
-        with pytest.raises(OutsideSample):
-            sample.read(offset, length)
+        with pytest.raises(DescribeError):
+            reader.read(offset, length)
 
 
 def test_large_stream_keeps_only_head_and_tail():
@@ -46,16 +49,17 @@ def test_large_stream_keeps_only_head_and_tail():
     blob = os.urandom(1 << 20)
     for i in range(0, len(blob), 4096):
         sample.feed(blob[i : i + 4096])
-    assert sample.read(0, 1024) == blob[:1024]
-    assert sample.read(len(blob) - 512, 512) == blob[-512:]
-    assert sample.read(len(blob) - 10, 100) == blob[-10:]
-    with pytest.raises(OutsideSample, match="outside the kept head"):
-        sample.read(2048, 10)
-    assert sample.bytes_read == 1024 + 512 + 10
+    reader = sample.reader()
+    assert reader.read(0, 1024) == blob[:1024]
+    assert reader.read(len(blob) - 512, 512) == blob[-512:]
+    assert reader.read(len(blob) - 10, 100) == blob[-10:]
+    with pytest.raises(DescribeError, match="were not kept"):
+        reader.read(2048, 10)
+    assert reader.bytes_read == 1024 + 512 + 10
 
 
 def test_negative_reads_are_refused():
     sample = StreamSample()
     sample.feed(b"abc")
-    with pytest.raises(OutsideSample):
-        sample.read(-1, 2)
+    with pytest.raises(DescribeError):
+        sample.reader().read(-1, 2)
