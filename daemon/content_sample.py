@@ -10,6 +10,8 @@ instead of failing the `git add`.
 
 from __future__ import annotations
 
+from collections import deque
+
 from gitmld.daemon.describe.readers import HeadTailReader
 
 HEAD_BYTES = 8 * 1024 * 1024
@@ -23,7 +25,8 @@ class StreamSample:
         self._head_limit = head_bytes
         self._tail_limit = tail_bytes
         self._head = bytearray()
-        self._tail = bytearray()
+        self._tail: deque[bytes] = deque()  # the last pieces (kept by reference, not copied)
+        self._tail_bytes = 0
         self.size = 0
 
     def feed(self, data: bytes) -> None:
@@ -35,14 +38,14 @@ class StreamSample:
             data = data[room:]
         if not data:
             return
-        if len(data) >= self._tail_limit:
-            self._tail = bytearray(data[-self._tail_limit :])
-        else:
-            self._tail += data
-            excess = len(self._tail) - self._tail_limit
-            if excess > 0:
-                del self._tail[:excess]
+        # Pieces are kept whole until the ones after them cover the tail: no per-piece copying
+        # (a put streams gigabytes through here).
+        self._tail.append(bytes(data))
+        self._tail_bytes += len(data)
+        while self._tail_bytes - len(self._tail[0]) >= self._tail_limit:
+            self._tail_bytes -= len(self._tail.popleft())
 
     def reader(self) -> HeadTailReader:
         """Random access to what was kept, for the describers."""
-        return HeadTailReader(bytes(self._head), bytes(self._tail), self.size)
+        tail = b"".join(self._tail)[-self._tail_limit :] if self._tail else b""
+        return HeadTailReader(bytes(self._head), tail, self.size)

@@ -36,7 +36,7 @@ T_END = 0x05
 T_ERROR = 0x06
 T_PROGRESS = 0x07
 
-UPLOAD_OPS = frozenset({"put"})  # REQUEST is followed by the client's DATA* END
+UPLOAD_OPS = frozenset({"put", "compose"})  # REQUEST is followed by the client's DATA* END
 DOWNLOAD_OPS = frozenset({"get"})  # RESPONSE is followed by the daemon's DATA* END
 ERROR_CODES = frozenset({"protocol", "not_found", "corrupt", "remote", "key", "io", "bad_request", "internal"})
 
@@ -235,7 +235,8 @@ class FrameReader(ReceiveBuffer):
         end = pos + HEADER.size + length
         if len(buf) < end:
             return None
-        payload = bytes(buf[pos + HEADER.size : end])
+        with memoryview(buf) as view:  # one copy (slicing the bytearray first would make two)
+            payload = bytes(view[pos + HEADER.size : end])
         self._pos = end
         return _decode(ftype, payload)
 

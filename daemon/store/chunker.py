@@ -42,7 +42,7 @@ DTYPE_HINTS = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 class Chunk:
     """One chunk of the stream and what the codec may exploit about it."""
 
-    data: bytes
+    data: bytes | memoryview  # a view of the fed piece, read-only
     hint: str  # "bf16" | "f16" | "f32" | ""
 
 
@@ -69,7 +69,10 @@ class _Segment:
 class StreamChunker:
     """Feed bytes in pieces of any size; get the same chunks as for the stream in one piece."""
 
-    def __init__(self, avg_size: int = DEFAULT_AVG_SIZE, *, tensor_aware: bool = True) -> None:
+    def __init__(self, avg_size: int = DEFAULT_AVG_SIZE, *, tensor_aware: bool = True,
+                 defer_digests: bool = False) -> None:
+        """``defer_digests``: leave the tensor digests' hashing to the caller (another thread):
+        take_digest_work() after each feed/finish, run every update in order, then read tensors."""
         self._cdc = FastCDC(avg_size)  # min = avg/4, max = 4*avg; one per chunker (not shareable)
         self._max = self._cdc.max_size
         self._probing = tensor_aware
@@ -78,12 +81,13 @@ class StreamChunker:
         self._segments: list[_Segment] = []
         self._seg_index = 0
         self._seg_left: int | None = None  # bytes still to come in the current segment
-        self._buf = bytearray(2 * self._max)  # the tail not yet cut, then the head of a piece
-        self._held = 0  # bytes of the current segment held in _buf, not yet cut
+        self._tail: bytes | memoryview = b""  # bytes of the current segment not yet cut (< max_size)
         self._hasher: blake3.blake3 | None = None
-        self._digests: list[str] = []
+        self._hashers: list[blake3.blake3] = []  # one per tensor, in order
+        self._defer = defer_digests
+        self._digest_work: list[tuple[blake3.blake3, memoryview]] = []
         self._finished = False
-        self.tensors: list[TensorInfo] | None = None
+        self._published: SafetensorsLayout | None = None
         self.metadata: dict[str, str] | None = None
         if not tensor_aware:
             self._start_plain()
@@ -99,14 +103,17 @@ class StreamChunker:
     @property
     def buffered(self) -> int:
         """Bytes fed but not yet returned in a chunk (for the caller's memory accounting)."""
-        return len(self._head) + self._held
+        return len(self._head) + len(self._tail)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Chunk]:
-        """Complete chunks so far, in order. ``data`` is not kept: the caller may reuse its buffer."""
+        """Complete chunks so far, in order. Chunks are views of ``data`` when it is immutable
+        (bytes): feed large pieces to save copies. Mutable buffers are copied first."""
         if self._finished:
             raise RuntimeError("feed() after finish()")
         if not data:
             return []
+        if not isinstance(data, bytes) and not (isinstance(data, memoryview) and isinstance(data.obj, bytes)):
+            data = bytes(data)
         if self._probing:
             if self._head:
                 self._head += data
@@ -188,7 +195,7 @@ class StreamChunker:
 
     def _close_segment(self) -> None:
         if self._hasher is not None:
-            self._digests.append(self._hasher.hexdigest(length=8))
+            self._hashers.append(self._hasher)
             self._hasher = None
 
     def _run(self, data: memoryview) -> list[Chunk]:
@@ -198,7 +205,10 @@ class StreamChunker:
             take = len(data) if self._seg_left is None else min(len(data), self._seg_left)
             piece, data = data[:take], data[take:]
             if self._hasher is not None:
-                self._hasher.update(piece)
+                if self._defer:
+                    self._digest_work.append((self._hasher, piece))
+                else:
+                    self._hasher.update(piece)
             if self._seg_left is not None:
                 self._seg_left -= take
             done = self._seg_left == 0
@@ -210,51 +220,72 @@ class StreamChunker:
         return out
 
     def _cut(self, piece: memoryview, seg: _Segment, *, final: bool) -> list[Chunk]:
-        """Cut pending + piece; keep the tail whose cuts could still depend on later bytes.
+        """Cut tail + piece; keep the tail whose cuts could still depend on later bytes.
 
         A cut is final once its chunk start has ``max_size`` bytes after it (or the segment has
         ended). The tail kept is therefore shorter than ``max_size``: chunks that start in it
         need at most ``max_size`` bytes of the next piece, so only that much is copied next to
-        it; the rest of a piece is cut where it lies. The buffer is allocated once (2 x max).
+        it; the rest of a piece is cut where it lies, and its chunks are views of it (no copy:
+        the pieces are immutable, and a chunk keeps its piece alive until it is encoded).
         """
         out: list[Chunk] = []
-        held, max_size = self._held, self._max
+        tail, max_size = self._tail, self._max
         offset = 0
-        if held:
+        if tail:
             head = piece[:max_size]
-            n = held + len(head)
-            self._buf[held:n] = head
-            work = memoryview(self._buf)[:n]
+            work = memoryview(b"".join((tail, head)))
+            n = len(work)
             if len(head) == len(piece):  # the whole piece fits next to the tail
                 pos = self._cuts(work, 0, n if final else n - max_size + 1, seg, out)
-                self._keep(work, pos)
+                self._tail = work[pos:]
                 return out
-            offset = self._cuts(work, 0, held, seg, out) - held  # chunks starting in the tail
+            offset = self._cuts(work, 0, len(tail), seg, out) - len(tail)  # chunks starting in the tail
         n = len(piece)
         pos = self._cuts(piece, offset, n if final else n - max_size + 1, seg, out)
-        self._keep(piece, pos)
+        self._tail = piece[pos:]
         return out
 
     def _cuts(self, work: memoryview, pos: int, stop: int, seg: _Segment, out: list[Chunk]) -> int:
-        """Append the chunks of ``work`` that start before ``stop``; the position after them."""
-        cdc, max_size, align, hint = self._cdc, self._max, seg.align, seg.hint
+        """Append the chunks of ``work`` that start before ``stop``; the position after them.
+
+        One cut_buf generator runs over the rest of ``work``: a cut depends only on the
+        ``max_size`` bytes after its chunk's start, all present for a start before ``stop``.
+        A cut rounded down to whole items moves the next start, so the generator restarts there.
+        """
+        align, hint = seg.align, seg.hint
+        cdc = self._cdc
         while pos < stop:
-            length = next(cdc.cut_buf(work[pos : pos + max_size])).length
-            if align > 1 and length % align and length > align:
-                length -= length % align  # whole items only, counted from the tensor's start
-            out.append(Chunk(bytes(work[pos : pos + length]), hint))
-            pos += length
+            for c in cdc.cut_buf(work[pos:]):
+                length = c.length
+                if align > 1 and length % align and length > align:
+                    out.append(Chunk(work[pos : pos + length - length % align], hint))
+                    pos += length - length % align
+                    break
+                out.append(Chunk(work[pos : pos + length], hint))
+                pos += length
+                if pos >= stop:
+                    break
+            else:
+                break  # work is exhausted (final)
         return pos
 
-    def _keep(self, work: memoryview, pos: int) -> None:
-        """Move ``work[pos:]`` (< max_size bytes) to the start of the buffer."""
-        self._held = len(work) - pos
-        memoryview(self._buf)[: self._held] = work[pos:]
-
     def _publish_tensors(self, layout: SafetensorsLayout) -> None:
-        base = layout.data_start
-        self.tensors = [
-            TensorInfo(t.name, t.dtype, list(t.shape), base + t.begin, t.length, digest)
-            for t, digest in zip(layout.tensors, self._digests, strict=True)
-        ]
+        self._published = layout
         self.metadata = dict(layout.metadata) if layout.metadata is not None else None
+
+    def take_digest_work(self) -> list[tuple[blake3.blake3, memoryview]]:
+        """With defer_digests: the (hasher, bytes) updates to run, in order, before ``tensors``."""
+        work, self._digest_work = self._digest_work, []
+        return work
+
+    @property
+    def tensors(self) -> list[TensorInfo] | None:
+        """The tensors of a safetensors stream, after finish(); None for other streams."""
+        layout = self._published
+        if layout is None:
+            return None
+        base = layout.data_start
+        return [
+            TensorInfo(t.name, t.dtype, list(t.shape), base + t.begin, t.length, h.hexdigest(length=8))
+            for t, h in zip(layout.tensors, self._hashers, strict=True)
+        ]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gitmld.daemon.store import codec
 from gitmld.daemon.store.budget import ByteBudget
 from gitmld.daemon.store.chunker import Chunk, StreamChunker, TensorInfo
@@ -26,6 +27,7 @@ from gitmld.daemon.store.manifest import Manifest, ManifestBuilder
 
 Runner = Callable[..., Awaitable[Any]]
 HASH_BATCH = 4 << 20
+FEED_BYTES = 4 << 20  # stream bytes joined per chunker call
 
 
 @dataclass(slots=True)
@@ -59,15 +61,15 @@ class PutPipeline:
         self._stats = stats
 
     async def run(self, stream: AsyncIterator[bytes]) -> PutOutcome:
-        chunker = StreamChunker(self._avg, tensor_aware=True)
+        chunker = StreamChunker(self._avg, tensor_aware=True, defer_digests=True)
         builder = ManifestBuilder()
         budget = ByteBudget(self._max_in_flight)
         queue = _Batches()
         appender = asyncio.create_task(self._append_loop(queue, builder, budget))
         hasher = hashlib.sha256()
         hashing: asyncio.Future[None] | None = None
-        hash_buf: list[bytes] = []
-        hash_bytes = 0
+        pending: list[bytes] = []
+        pending_bytes = 0
         batch: list[Chunk] = []
         batch_bytes = 0
         size = 0
@@ -80,32 +82,43 @@ class PutPipeline:
                 queue.put((asyncio.ensure_future(fut), batch_bytes))
                 batch, batch_bytes = [], 0
 
+        async def take(chunks: list[Chunk]) -> None:
+            nonlocal batch_bytes
+            for chunk in chunks:
+                batch.append(chunk)
+                batch_bytes += len(chunk.data)
+                if batch_bytes >= self._batch_bytes:
+                    await submit()
+
+        async def feed() -> None:
+            """Join the pending pieces into one immutable buffer: one copy, then the chunks are
+            views of it and the hash and chunk calls each see megabytes at a time."""
+            nonlocal hashing, pending, pending_bytes
+            buf = b"".join(pending)
+            pending, pending_bytes = [], 0
+            if hashing is not None:
+                await hashing
+            chunks = chunker.feed(buf)
+            hashing = asyncio.ensure_future(self._run_hash(hash_stream, hasher, buf, chunker.take_digest_work()))
+            await take(chunks)
+
         try:
             async for data in stream:
                 if not data:
                     continue
                 size += len(data)
-                hash_buf.append(data)
-                hash_bytes += len(data)
-                if hash_bytes >= HASH_BATCH:
-                    if hashing is not None:
-                        await hashing
-                    hashing = asyncio.ensure_future(self._run_hash(hash_all, hasher, hash_buf))
-                    hash_buf, hash_bytes = [], 0
-                for chunk in chunker.feed(data):
-                    batch.append(chunk)
-                    batch_bytes += len(chunk.data)
-                    if batch_bytes >= self._batch_bytes:
-                        await submit()
-            for chunk in chunker.finish():
-                batch.append(chunk)
-                batch_bytes += len(chunk.data)
+                pending.append(data)
+                pending_bytes += len(data)
+                if pending_bytes >= FEED_BYTES:
+                    await feed()
+            await feed()
+            await take(chunker.finish())
             await submit()
             queue.put(None)
             await appender
             if hashing is not None:
                 await hashing
-            await self._run_hash(hash_all, hasher, hash_buf)
+            await self._run_hash(hash_stream, None, b"", chunker.take_digest_work())
         except BaseException:
             appender.cancel()
             await asyncio.gather(appender, return_exceptions=True)
@@ -171,6 +184,15 @@ class _Batches:
         return items
 
 
+def hash_stream(hasher: Any, buf: bytes, digest_work: list[tuple[Any, memoryview]]) -> None:
+    """Hash thread: the whole-file SHA-256 and the tensors' digests (hashlib and BLAKE3 release
+    the GIL on large buffers, so this runs beside the chunker and the encoders)."""
+    if hasher is not None:
+        hasher.update(buf)
+    for h, piece in digest_work:
+        h.update(piece)
+
+
 def hash_all(hasher: Any, pieces: list[bytes]) -> None:
     for p in pieces:
         hasher.update(p)
@@ -180,11 +202,12 @@ def _encode_batch(keys: RepoKeys, db: IndexDB, chunks: list[Chunk], level: int) 
     """Worker thread: ids for a batch, then encode the chunks the host index does not know."""
     cids = [codec.chunk_id(keys, c.data) for c in chunks]
     known = db.known(cids)
+    aead = AESGCM(keys.data_key)
     out = []
     for c, cid in zip(chunks, cids, strict=True):
         if cid in known:
             out.append(NewChunk(cid, len(c.data), None))
         else:
             known.add(cid)  # a repeat inside the batch is appended once
-            out.append(NewChunk(cid, len(c.data), codec.encode_chunk(keys, cid, c.data, c.hint, level)))
+            out.append(NewChunk(cid, len(c.data), codec.encode_chunk(keys, cid, c.data, c.hint, level, aead)))
     return out
