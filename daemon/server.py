@@ -19,8 +19,9 @@ import socket
 import struct
 from pathlib import Path
 
-from gitmld.daemon.connection import ServerConnection
+from gitmld.daemon.connection import ServerConnection, SocketStream
 from gitmld.daemon.service import DaemonSettings, Service
+from gitmld.proto.transport import widen_socket
 
 log = logging.getLogger("gitmld.server")
 
@@ -100,18 +101,21 @@ class Server:
         self._connections: set[ServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
+    async def on_connect(self, stream: SocketStream) -> None:
+        assert stream.transport is not None
+        sock = stream.transport.get_extra_info("socket")
         try:
             pid, uid, _ = peer_credentials(sock)
         except OSError:
             pid, uid = -1, -1
         if uid not in (os.getuid(), 0):
             log.warning("refused connection from pid %s uid %s: not our user", pid, uid)
-            writer.close()
+            stream.close()
             return
         log.debug("connection from pid %s uid %s", pid, uid)
-        conn = ServerConnection(reader, writer, peer=f"pid {pid}")
+        if sock is not None:
+            widen_socket(sock)
+        conn = ServerConnection(stream, peer=f"pid {pid}")
         self._connections.add(conn)
         self.service.connections += 1
         task = asyncio.current_task()
@@ -155,9 +159,9 @@ async def run(settings: DaemonSettings) -> int:
 
     service = Service(settings)
     server_obj = Server(service)
-    server = await asyncio.start_unix_server(server_obj.on_connect, sock=sock, limit=1 << 20)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(lambda: SocketStream(server_obj.on_connect), sock=sock)
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("gitmld daemon %s serving %s (cache %s)", os.getpid(), settings.socket_path, settings.cache_dir)

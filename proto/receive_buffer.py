@@ -21,7 +21,7 @@ class ReceiveBuffer:
         self._pos = 0
         self._eof = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         if self._eof:
             raise self.error("data fed after end of input")
         if self._pos and self._pos >= len(self._buf) // 2:

@@ -289,8 +289,13 @@ class Connection:
         self._transition(event, self.role)
         return encode_event(event)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         self._reader.feed(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet parsed into events (for the reader's flow control)."""
+        return self._reader.buffered
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()
