@@ -105,6 +105,11 @@ class SocketStream(asyncio.BufferedProtocol):
             raise ConnectionResetError("connection closed")
         self.transport.write(data)
 
+    def writelines(self, parts: list[bytes | memoryview]) -> None:
+        if self.lost is not None or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("connection closed")
+        self.transport.writelines(parts)
+
     async def drain(self) -> None:
         if self.lost is not None:
             raise ConnectionResetError("connection closed")
@@ -190,8 +195,15 @@ class ServerConnection:
     async def respond(self, payload: dict[str, Any]) -> None:
         await self._send(wire.Response(payload))
 
-    async def send_data(self, data: bytes) -> None:
-        await self._send(wire.Data(data))
+    async def send_data(self, data: bytes | memoryview) -> None:
+        """Any length: framed here, written without copying the payload."""
+        try:
+            self.stream.writelines(self._conn.send_data(data))
+            await self.stream.drain()
+        except wire.WireError as e:
+            raise ProtocolViolation(f"daemon bug: {e}") from None
+        except (ConnectionError, OSError) as e:
+            raise ChannelClosed(str(e)) from None
 
     async def end_data(self) -> None:
         await self._send(wire.End())

@@ -289,6 +289,17 @@ class Connection:
         self._transition(event, self.role)
         return encode_event(event)
 
+    def send_data(self, data: bytes | memoryview) -> list[bytes | memoryview]:
+        """DATA frames for ``data`` of any length, as header and payload views to write with
+        one writev (no payload is copied); each payload at most MAX_DATA bytes."""
+        view = memoryview(data)
+        parts: list[bytes | memoryview] = []
+        for start in range(0, len(view), MAX_DATA):
+            piece = view[start : start + MAX_DATA]
+            self._transition(Data(b""), self.role)
+            parts += (HEADER.pack(T_DATA, len(piece)), piece)
+        return parts
+
     def feed(self, data: bytes | memoryview) -> None:
         self._reader.feed(data)
 

@@ -225,11 +225,12 @@ def encode_chunk(keys: RepoKeys, cid: bytes, plain: bytes | memoryview, hint: st
 # -- decoding --------------------------------------------------------------------------------
 
 
-def decode_chunk(keys: RepoKeys, cid: bytes, blob: bytes) -> bytes:
-    """The plaintext of a chunk blob, after checking the AEAD tag, the length and the keyed id."""
+def decode_chunk(keys: RepoKeys, cid: bytes, blob: bytes | memoryview, aead: AESGCM | None = None) -> bytes:
+    """The plaintext of a chunk blob, after checking the AEAD tag, the length and the keyed id.
+    ``blob`` may be a view into a larger read (no copy); ``aead``: one cipher per batch."""
     if len(blob) < 1 + _NONCE + _TAG + 5:
         raise CorruptChunk(cid, f"blob truncated ({len(blob)} bytes)")
-    aead = AESGCM(keys.data_key)
+    aead = aead or AESGCM(keys.data_key)
     view = memoryview(blob)
     nonce, sealed = view[1 : 1 + _NONCE], view[1 + _NONCE :]
     if blob[0] != VERSION:
@@ -240,7 +241,7 @@ def decode_chunk(keys: RepoKeys, cid: bytes, blob: bytes) -> bytes:
             lambda what: CorruptChunk(cid, what),
         )
     try:
-        inner = aead.decrypt(nonce, sealed, _CHUNK_AAD + blob[:1] + cid)
+        inner = aead.decrypt(nonce, sealed, _CHUNK_AAD + bytes(blob[:1]) + cid)
     except InvalidTag:
         raise CorruptChunk(
             cid,
@@ -292,6 +293,7 @@ def _decode_grouped(body: memoryview, size: int) -> bytes:
     pos = 1 + 5 * k
     dtype = _PLANE_DTYPES[k]
     out = np.zeros(n, dtype=dtype)
+    wide = np.empty(n, dtype=dtype)  # one scratch array, reused per plane (no temporaries)
     for i in range(k):
         mode, stored = struct.unpack_from("<BI", body, 1 + 5 * i)
         payload = body[pos : pos + stored]
@@ -306,7 +308,10 @@ def _decode_grouped(body: memoryview, size: int) -> bytes:
             plane = np.frombuffer(_unzstd(payload, n), dtype=np.uint8)
         else:
             raise ValueError(f"unknown plane mode {mode}")
-        out |= plane.astype(dtype) << (8 * i) if i else plane.astype(dtype)
+        np.copyto(wide, plane, casting="safe")
+        if i:
+            np.left_shift(wide, 8 * i, out=wide)
+        np.bitwise_or(out, wide, out=out)
     if pos != len(body):
         raise ValueError(f"{len(body) - pos} trailing bytes after the planes")
     return out.tobytes()

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gitmld.daemon.remote.base import Remote, RemoteNotFound
 from gitmld.daemon.store import codec
 from gitmld.daemon.store.budget import ByteBudget
@@ -84,9 +85,11 @@ class ChunkReader:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = ReadStats()
 
-    async def stream(self, manifest: Manifest, *, want_data: bool) -> AsyncIterator[bytes]:
+    async def stream(self, manifest: Manifest, *, want_data: bool,
+                     progress: Callable[[int], None] | None = None) -> AsyncIterator[bytes]:
         """Yield each chunk's plaintext in file order (want_data), or only make every chunk
-        local (not want_data: yields nothing)."""
+        local (not want_data: yields nothing). progress(n): n more bytes of the file are in
+        hand (for a fetch: in the host cache or on their way into it), chunk by chunk."""
         window = self._opts.read_ahead
         refs: Iterator[ChunkRef] = manifest.chunks()
         pending: deque[tuple[int, Awaitable[Any] | None]] = deque()
@@ -115,6 +118,8 @@ class ChunkReader:
             size, waiter = pending.popleft()
             data = await waiter if waiter is not None else b""
             buffered -= size
+            if progress is not None:
+                progress(size)
             if want_data:
                 yield data
 
@@ -310,13 +315,14 @@ def _read_and_decode(cache: HostCache, keys: RepoKeys, seg_id: bytes, start: int
     except OSError:
         return [None] * len(refs)
     out: list[bytes | None] = []
+    aead = AESGCM(keys.data_key)
     for r in refs:
         blob = data[r.offset - start : r.offset - start + r.stored_len]
         if len(blob) != r.stored_len:
             out.append(None)
             continue
         try:
-            out.append(codec.decode_chunk(keys, r.cid, bytes(blob)))
+            out.append(codec.decode_chunk(keys, r.cid, blob, aead))
         except codec.CorruptChunk:
             out.append(None)
     return out
@@ -327,10 +333,11 @@ def _decode_remote(keys: RepoKeys, name: str, url: str, refs: list[ChunkRef], da
     """Worker thread: decode and verify every chunk of a fetched range."""
     out = []
     view = memoryview(data)
+    aead = AESGCM(keys.data_key)
     for r in refs:
-        blob = bytes(view[r.offset - start : r.offset - start + r.stored_len])
+        blob = view[r.offset - start : r.offset - start + r.stored_len]
         try:
-            out.append(codec.decode_chunk(keys, r.cid, blob))
+            out.append(codec.decode_chunk(keys, r.cid, blob, aead))
         except codec.CorruptChunk as exc:
             raise CorruptObject(
                 f"pack {name} in {url} is corrupt: chunk {r.cid.hex()[:16]} at offset {r.offset}"

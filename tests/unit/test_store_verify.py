@@ -127,3 +127,28 @@ async def test_truncated_cache_segment_is_refetched(tmp_path: Path) -> None:
         assert store.stats()["corrupt_cache_entries"] > 0
     finally:
         await store.close()
+
+
+async def test_chunks_reassembled_out_of_order_fail_the_whole_file_check(tmp_path: Path) -> None:
+    """Every chunk verifies on its own, but the file they make is not the oid's: the last
+    read raises (the daemon turns that into an ERROR before END, and the filter fails the file)."""
+    import dataclasses
+
+    from gitmld.daemon.store.manifest import RECORD, oid_bytes
+
+    data = model_bytes(tmp_path)
+    store = await open_store(config(tmp_path), tmp_path / "writer")
+    try:
+        oid = (await store.put(astream(data))).oid
+        manifest = await store._manifest(oid)
+        size = RECORD.size
+        recs = manifest.records
+        assert len(recs) >= 2 * size and recs[:size] != recs[size : 2 * size]
+        swapped = recs[size : 2 * size] + recs[:size] + recs[2 * size :]
+        tampered = dataclasses.replace(manifest, records=swapped)
+        store._cache.db.put_manifest(oid_bytes(oid), tampered.encode_plain(), uploaded=False)
+        with pytest.raises(CorruptObject) as info:
+            await read_all(store, oid)
+        assert "hashes to" in str(info.value) and info.value.object == oid
+    finally:
+        await store.close()
