@@ -158,6 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
                 "print a pointer's text for `git diff` (diff.gitmld.textconv)")
     p.add_argument("file", type=Path, metavar="FILE")
 
+    p = command("diff", cmd_diff, "what changed inside a safetensors model, per tensor (added, removed, new "
+                "dtype or shape, values: L2 norm, relative and max change), reading only the tensors that "
+                "differ: no REV compares HEAD with the worktree, one REV that commit with the worktree, two "
+                "REVs the two commits")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="[REV [REV]] -- PATH",
+                   help="options go before the revisions")
+
+    p = command("merge-driver", cmd_merge_driver, "the safetensors merge driver (Git runs it as merge.gitmld.driver "
+                "with %%O %%A %%B %%P): merges tensor by tensor, writes the merged pointer into %%A")
+    p.add_argument("base", type=Path, metavar="BASE", help="%%O: the common ancestor's pointer (empty if none)")
+    p.add_argument("ours", type=Path, metavar="OURS", help="%%A: our pointer; receives the result")
+    p.add_argument("theirs", type=Path, metavar="THEIRS", help="%%B: their pointer")
+    p.add_argument("path", metavar="PATH", help="%%P: the file's path, for messages")
+    p.add_argument("--strategy", choices=("conflict", "ours", "theirs", "average"), default=None,
+                   help="resolve tensors changed on both sides (default: gitmld.mergeStrategy, else conflict)")
+
     command("version", cmd_version, "print the gitmld version")
     return parser
 
@@ -171,7 +188,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         raise CommandError("not inside a Git repository; cd into one, or use `gitmld install --global`")
     for key, value in git_settings().items():
         run_git(["config", scope, "--replace-all", key, value])
-    print(f"gitmld: Git configured ({scope[2:]}): filter.gitmld, diff.gitmld")
+    print(f"gitmld: Git configured ({scope[2:]}): filter.gitmld, diff.gitmld, merge.gitmld")
     if scope == "--global":
         print("gitmld: run `gitmld install` in each repository to add its pre-push hook")
         return 0
@@ -399,18 +416,18 @@ def render_status(doc: dict[str, Any] | None, facts: dict[str, Any]) -> str:
             ("hit ratio", ratio),
         ]))
         queue = sum(int(s.get("upload_queue", 0)) for s in stats)
-        transfers = [(f"  {t.get('oid', '?')[7:19]}", describe_transfer(t)) for t in doc.get("fetches_in_flight", [])]
+        queue_bytes = sum(int(s.get("upload_queue_bytes", 0)) for s in stats)
+        transfers = [(f"  {t.get('direction', '?')}", describe_transfer(t)) for t in doc.get("transfers", [])]
         sections.append(("Transfers", [
-            ("upload queue", f"{queue} object(s) waiting"),
+            ("upload queue", f"{queue} object(s) waiting" + (f" ({human_size(queue_bytes)})" if queue else "")),
             ("in flight", str(len(transfers)) if transfers else "none"),
             *transfers,
         ]))
         rows: list[tuple[str, str]] = []
         for remote, s in zip(remotes, stats, strict=True):
-            reachable = remote.get("reachable")
             rows += [
                 (str(remote.get("url", "?")), ""),
-                ("  state", "reachable" if reachable is True else "UNREACHABLE" if reachable is False else "in use"),
+                ("  state", describe_reachability(remote)),
                 ("  downloaded", f"{human_size(int(s.get('remote_get_bytes', 0)))} in {s.get('remote_gets', 0)} gets"),
                 ("  uploaded", f"{human_size(int(s.get('remote_put_bytes', 0)))} in {s.get('remote_puts', 0)} puts"),
             ]
@@ -428,12 +445,35 @@ def render_status(doc: dict[str, Any] | None, facts: dict[str, Any]) -> str:
 
 
 def describe_transfer(t: dict[str, Any]) -> str:
-    parts = [str(t.get("path") or "?")]
-    if isinstance(t.get("done"), int) and isinstance(t.get("total"), int) and t["total"]:
-        parts.append(f"{t['done'] * 100 // t['total']}% of {human_size(t['total'])}")
+    """`model.bin (sha256:abababababab): 45% (7.20 MiB/16.0 MiB), 2.10 MiB/s, 4.0 s` or
+    `pack 9a2505e4647b: 0% (0 bytes/995 KiB), 0.7 s`."""
+    what = str(t.get("what") or "?")
+    if what.startswith("sha256:"):
+        what = what[:19]
+    elif t.get("kind") == "pack":
+        what = what.rsplit("/", 1)[-1][:12]  # data/9a/9a2505e4...: the pack id is enough
+    label = f"{t['path']} ({what})" if t.get("path") else f"{t.get('kind', '')} {what}".strip()
+    parts = [label]
+    done, total = t.get("done"), t.get("total")
+    if isinstance(done, int) and isinstance(total, int) and total:
+        parts[0] += f": {min(100, done * 100 // total)}% ({human_size(done)}/{human_size(total)})"
+    elif isinstance(done, int):
+        parts[0] += f": {human_size(done)}"
+    if isinstance(t.get("rate"), int | float) and done:  # nothing done yet: no rate to speak of
+        parts.append(f"{human_size(t['rate'])}/s")
     if "seconds" in t:
         parts.append(f"{t['seconds']} s")
     return ", ".join(parts)
+
+
+def describe_reachability(remote: dict[str, Any]) -> str:
+    reachable = remote.get("reachable")
+    if reachable is True:
+        ms = remote.get("probe_ms")
+        return f"reachable ({ms:g} ms)" if isinstance(ms, int | float) else "reachable"
+    if reachable is False:
+        return f"UNREACHABLE: {remote.get('error') or 'no reason given'}"
+    return "not probed yet"
 
 
 def format_sections(sections: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> str:
@@ -664,6 +704,49 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"key id:  {kek_id(key)}")
     print("Keep a copy somewhere safe: without it the data in the remote cannot be decrypted.", file=sys.stderr)
     return 0
+
+
+# -- diff / merge-driver --------------------------------------------------------------------------
+
+
+def split_diff_args(args: Sequence[str]) -> tuple[list[str], str]:
+    """`[REV [REV]] -- PATH` (or `[REV [REV]] PATH`: then the last argument is the path)."""
+    if "--" in args:
+        i = list(args).index("--")
+        revs, paths = list(args[:i]), list(args[i + 1 :])
+    else:
+        revs, paths = list(args[:-1]), list(args[-1:])
+    if len(paths) != 1:
+        raise CommandError("give exactly one PATH: gitmld diff [REV [REV]] -- PATH")
+    if len(revs) > 2:
+        raise CommandError(f"at most two revisions, got {len(revs)}: gitmld diff [REV [REV]] -- PATH")
+    for rev in revs:
+        if rev.startswith("-"):
+            raise CommandError(f"{rev!r}: options go before the revisions (gitmld diff --json REV -- PATH)")
+    return revs, paths[0]
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    require_top()
+    revs, path = split_diff_args(args.args)
+    path = os.path.relpath(path) if os.path.isabs(path) else path  # git's REV:./PATH is relative to cwd
+    from gitmld.model import diff  # numpy: only this command pays for it
+
+    sys.stdout.write(diff.run(revs, path, as_json=args.json, connect=connect))
+    return 0
+
+
+def cmd_merge_driver(args: argparse.Namespace) -> int:
+    from gitmld.model import merge
+
+    try:
+        return merge.merge(args.base, args.ours, args.theirs, args.path, strategy=args.strategy, connect=connect)
+    except Exception as e:
+        if not isinstance(e, expected_errors()):
+            raise
+        # Any failure is a conflict for Git (%A still holds our pointer), never a half-merge.
+        print(f"gitmld: cannot merge {args.path}: {e}", file=sys.stderr)
+        return 1
 
 
 # -- pointer-textconv / version -------------------------------------------------------------------

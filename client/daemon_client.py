@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from gitmld.proto import paths, wire
+from gitmld.proto.transport import widen_socket
 from gitmld.proto.version import __version__
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the filter ~5 ms
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     import subprocess
     from typing import Any
 
-RECV_SIZE = 256 << 10
+RECV_SIZE = 1 << 20
 AUTOSTART_LOCK = "autostart.lock"
 NO_AUTOSTART_ENV = "GITMLD_NO_AUTOSTART"
 _POLL_EVERY = 1 << 20  # while uploading, look for an early ERROR from the daemon every MiB
@@ -104,6 +105,7 @@ class DaemonClient:
     @classmethod
     def _open(cls, path: str, deadline: float, agent: str) -> DaemonClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        widen_socket(sock)
         try:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.connect(path)
@@ -179,8 +181,7 @@ class DaemonClient:
         try:
             for chunk in chunks:
                 view = memoryview(chunk)
-                for i in range(0, len(view), wire.MAX_DATA):
-                    self._send(wire.Data(bytes(view[i : i + wire.MAX_DATA])))
+                self._send_data(view)
                 unpolled += len(view)
                 if unpolled >= _POLL_EVERY:
                     unpolled = 0
@@ -197,19 +198,59 @@ class DaemonClient:
             raise DaemonError(rejected.code, rejected.message, rejected.object)
         return self._await_response(None)
 
-    def get(self, remote: dict[str, Any], oid: str, size: int, path: str) -> Iterator[bytes]:
-        """Ask for an object; errors before the first byte raise here, later ones from the iterator.
+    def get(self, remote: dict[str, Any], oid: str, size: int, path: str, *,
+            offset: int | None = None, length: int | None = None) -> Iterator[bytes]:
+        """Ask for an object, or for `length` bytes of it from `offset` (a ranged read: the
+        daemon reads only the chunks the range overlaps); errors before the first byte raise
+        here, later ones from the iterator.
 
         The iterator checks that the daemon sent exactly the size it announced. Abandoning it
         before the end closes the connection.
         """
-        self._send(wire.Request({"op": "get", "remote": remote, "oid": oid, "size": size, "path": path}))
+        request: dict[str, Any] = {"op": "get", "remote": remote, "oid": oid, "size": size, "path": path}
+        if offset is not None or length is not None:
+            request.update(offset=offset or 0, length=size - (offset or 0) if length is None else length)
+        self._send(wire.Request(request))
         answer = self._await_response(None)
         announced = answer.get("size", size)
-        if not isinstance(announced, int) or isinstance(announced, bool):
+        if not isinstance(announced, int) or isinstance(announced, bool) \
+                or ("length" in request and announced != request["length"]):
             self._break()
             raise DaemonError("protocol", f"daemon answered get with a bad size {announced!r}", oid)
         return self._download(oid, announced)
+
+    def compose(self, remote: dict[str, Any], path: str, parts: list[dict[str, Any]],
+                inline: Iterable[bytes]) -> dict[str, Any]:
+        """Store a new file made of `parts` (proto/compose.py): ranges of stored files, which the
+        daemon copies itself, and inline parts, whose bytes `inline` yields in order. Returns
+        {"oid", "size", "pointer"}, as put does."""
+        self._send(wire.Request({"op": "compose", "remote": remote, "path": path, "parts": parts}))
+        return self._upload_data(inline)
+
+    def _upload_data(self, chunks: Iterable[bytes]) -> dict[str, Any]:
+        """DATA* END for the current upload request, then its answer; an early ERROR from the
+        daemon stops the upload."""
+        rejected: wire.Error | None = None
+        unpolled = 0
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                self._send_data(view)
+                unpolled += len(view)
+                if unpolled >= _POLL_EVERY:
+                    unpolled = 0
+                    rejected = self._poll_upload()
+                    if rejected is not None:
+                        break
+        except DaemonError:
+            raise
+        except BaseException:
+            self._break()
+            raise
+        self._send(wire.End())
+        if rejected is not None:
+            raise DaemonError(rejected.code, rejected.message, rejected.object)
+        return self._await_response(None)
 
     def _download(self, oid: str, size: int) -> Iterator[bytes]:
         self._streaming = True
@@ -248,6 +289,12 @@ class DaemonClient:
     def connected(self) -> bool:
         return self._sock is not None
 
+    def set_timeout(self, seconds: float | None) -> None:
+        """Bound every later blocking send and receive (None: wait forever). A timeout breaks
+        the connection (DaemonUnavailable): a stuck daemon must not hang `git checkout`."""
+        if self._sock is not None:
+            self._sock.settimeout(seconds)
+
     # -- frames --------------------------------------------------------------------------
     def _await_response(self, on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
         while True:
@@ -269,6 +316,24 @@ class DaemonClient:
             raise DaemonError("protocol", f"client protocol error: {exc}") from None
         try:
             sock.sendall(data)
+        except OSError as exc:
+            raise self._lost(exc) from None
+
+    def _send_data(self, data: bytes | memoryview) -> None:
+        """DATA frames for data of any length, sent with sendmsg from views (no copy)."""
+        sock = self._require()
+        try:
+            parts = [memoryview(p) for p in self._conn.send_data(data)]
+        except wire.WireError as exc:
+            self._break()
+            raise DaemonError("protocol", f"client protocol error: {exc}") from None
+        try:
+            while parts:
+                sent = sock.sendmsg(parts)
+                while parts and sent >= len(parts[0]):
+                    sent -= len(parts.pop(0))
+                if sent:
+                    parts[0] = parts[0][sent:]
         except OSError as exc:
             raise self._lost(exc) from None
 

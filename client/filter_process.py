@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from gitmld.client.daemon_client import DaemonClient, DaemonError
@@ -34,8 +35,11 @@ if TYPE_CHECKING:
 
     Remote = dict[str, Any]
 
-READ_SIZE = 256 << 10
+READ_SIZE = 1 << 20
+PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size; git's 64 KiB pipes cost a syscall per pkt-line
 WAIT_TIMEOUT = 30.0  # one `wait` round trip; list_available_blobs loops until something is ready
+WAIT_GRACE = 10.0  # beyond the fetch deadline, how long a `wait` answer may take before the daemon counts as stuck
+DEFAULT_FETCH_TIMEOUT = 600.0  # gitmld.fetchTimeout: seconds without progress before delayed files fail
 SPOOL_MEMORY = 8 << 20  # pass-through smudge content beyond this goes to a temp file
 
 
@@ -50,17 +54,30 @@ class FileFailed(Exception):
 class _Delayed:
     """A smudge answered status=delayed: what it needs, and what the daemon said since."""
 
-    __slots__ = ("announced", "failure", "pointer", "ready")
+    __slots__ = ("announced", "done", "failure", "path", "pointer", "ready", "total")
 
-    def __init__(self, pointer: Pointer) -> None:
+    def __init__(self, path: str, pointer: Pointer) -> None:
+        self.path = path
         self.pointer = pointer
         self.ready = False
         self.failure: str | None = None
         self.announced = False  # listed in a list_available_blobs answer
+        self.done = 0  # bytes of its fetch the daemon last reported
+        self.total = pointer.size
 
 
 def _default_connect() -> DaemonClient:
     return DaemonClient.connect(agent=f"gitmld-filter/{__version__}")
+
+
+def _default_fetch_timeout() -> float:
+    from gitmld.client.gitconfig import ConfigError, GitError, load_fetch_timeout
+
+    try:
+        return load_fetch_timeout()
+    except (ConfigError, GitError) as exc:
+        sys.stderr.write(f"gitmld: {exc}; waiting up to {DEFAULT_FETCH_TIMEOUT:g} s without progress instead\n")
+        return DEFAULT_FETCH_TIMEOUT
 
 
 def _default_remote() -> Remote:
@@ -81,6 +98,7 @@ class FilterProcess:
         *,
         connect: Callable[[], DaemonClient] = _default_connect,
         remote: Callable[[], Remote] = _default_remote,
+        fetch_timeout: Callable[[], float] = _default_fetch_timeout,
         stderr: IO[str] | None = None,
     ) -> None:
         self._in = in_fd
@@ -94,10 +112,15 @@ class FilterProcess:
         self._remote: Remote | None = None
         self._remote_error: str | None = None
         self._delayed: dict[str, _Delayed] = {}
+        self._load_fetch_timeout = fetch_timeout
+        self._fetch_timeout: float | None = None  # read from git config on the first delay
+        self._last_progress = 0.0  # monotonic: the last delay, or the last time a pending fetch moved
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
         """Serve git until it closes our stdin; 0 on a clean end."""
+        for fd in (self._in, self._out):
+            widen_pipe(fd)
         try:
             while (event := self._next()) is not None:
                 if isinstance(event, fp.Welcome):
@@ -184,8 +207,11 @@ class FilterProcess:
             if pointer is None:  # content committed before it was tracked: as Git LFS does
                 self._write(self._proto.respond_success(data))
             elif can_delay and not self._in_host_cache(pointer):
-                self._daemon().request("fetch", remote=self._get_remote(), oids=[pointer.oid])
-                self._delayed[path] = _Delayed(pointer)
+                self._daemon().request("fetch", remote=self._get_remote(), oids=[pointer.oid], path=path)
+                self._delayed[path] = _Delayed(path, pointer)
+                self._last_progress = time.monotonic()  # a fresh fetch is not stalled yet
+                if self._fetch_timeout is None:
+                    self._fetch_timeout = self._load_fetch_timeout()
                 self._write(self._proto.respond_delayed())
             else:
                 self._send_object(path, pointer)
@@ -221,19 +247,16 @@ class FilterProcess:
         return bool(answer.get("present"))
 
     def _send_object(self, path: str, pointer: Pointer) -> None:
-        """Stream the object; verify size and sha256 before git may keep it."""
-        import hashlib  # only when an object is actually smudged
-
+        """Stream the object. The daemon verifies every chunk and, before its END, the whole
+        file's SHA-256 against the oid (an ERROR otherwise); here the length is checked."""
         stream = self._daemon().get(self._get_remote(), pointer.oid, pointer.size, path)
         self._write(self._proto.start_success())
-        digest = hashlib.sha256()
         size = 0
         try:
             for piece in stream:
-                digest.update(piece)
                 size += len(piece)
                 self._write(self._proto.send_content(piece))
-            if size != pointer.size or digest.hexdigest() != pointer.sha256:
+            if size != pointer.size:
                 raise FileFailed(f"content from the daemon does not match the pointer ({size} bytes)", pointer.oid)
         except (DaemonError, FileFailed) as exc:
             self._report("smudge", path, exc, pointer.oid)
@@ -250,34 +273,83 @@ class FilterProcess:
 
     # -- delay ---------------------------------------------------------------------------
     def _list_available_blobs(self) -> None:
-        """Answer the delayed paths that are ready or failed, waiting until there is one."""
+        """Answer the delayed paths that are ready or failed, waiting until there is one.
+
+        A path whose fetch cannot finish is announced too: git then asks for it again and
+        gets status=error with the reason, so it reports the file instead of waiting forever
+        (after gitmld.fetchTimeout seconds in which no pending fetch moved)."""
         waiting = {p: d for p, d in self._delayed.items() if not d.announced}
         done: list[str] = []
         try:
             while waiting and not (done := [p for p, d in waiting.items() if d.ready or d.failure]):
                 self._wait_round(waiting.values())
         except (DaemonError, FileFailed) as exc:
+            idle = time.monotonic() - self._last_progress
+            limit = self._fetch_timeout or 0.0
+            cause = (f"no progress for {_seconds(idle)} s (gitmld.fetchTimeout is {limit:g} s); the gitmld daemon"
+                     f" did not answer: {exc}" if limit and idle >= limit
+                     else f"waiting for the download failed: {exc}")
             for d in waiting.values():
-                if not d.ready:
-                    d.failure = f"waiting for the download failed: {exc}"
+                if not d.ready and d.failure is None:
+                    d.failure = cause
             done = list(waiting)  # git asks for each again and gets the error
         for path in done:
             waiting[path].announced = True
         self._write(self._proto.respond_available_blobs(done))
 
     def _wait_round(self, waiting: Iterable[_Delayed]) -> None:
+        """One `wait`; afterwards either something finished, or the deadline was checked."""
         pending = [d for d in waiting if not d.ready and d.failure is None]
         oids = sorted({d.pointer.oid for d in pending})
-        answer = self._daemon().request("wait", remote=self._get_remote(), oids=oids, timeout=WAIT_TIMEOUT)
+        limit = self._fetch_timeout or 0.0
+        timeout = WAIT_TIMEOUT
+        if limit:
+            remaining = self._last_progress + limit - time.monotonic()
+            if remaining <= 0:
+                self._stalled(pending, limit)
+                return
+            timeout = min(WAIT_TIMEOUT, remaining)
+        client = self._daemon()
+        # A daemon that does not answer at all (stuck) fails the files once the deadline is past.
+        client.set_timeout(timeout + WAIT_GRACE if limit else None)
+        try:
+            answer = client.request("wait", remote=self._get_remote(), oids=oids, timeout=round(timeout, 3))
+        finally:
+            client.set_timeout(None)
         ready, failed = answer.get("ready", []), answer.get("failed", {})
-        if not isinstance(ready, list) or not isinstance(failed, dict):
+        progress = answer.get("progress", {})
+        if not isinstance(ready, list) or not isinstance(failed, dict) or not isinstance(progress, dict):
             raise FileFailed(f"malformed wait answer from the daemon: {answer!r}")
         ready_set = set(ready)
+        moved = bool(ready_set or failed)
         for d in pending:
-            if d.pointer.oid in failed:
-                d.failure = str(failed[d.pointer.oid])
-            elif d.pointer.oid in ready_set:
+            oid = d.pointer.oid
+            if oid in failed:
+                d.failure = str(failed[oid])
+            elif oid in ready_set:
                 d.ready = True
+            else:
+                p = progress.get(oid)
+                done = p.get("done") if isinstance(p, dict) else None
+                if isinstance(done, int) and done > d.done:  # the daemon's bytes, not our clock
+                    d.done = done
+                    moved = True
+                total = p.get("total") if isinstance(p, dict) else None
+                if isinstance(total, int) and total > 0:
+                    d.total = total
+        if moved:
+            self._last_progress = time.monotonic()
+        elif limit and time.monotonic() - self._last_progress >= limit:
+            self._stalled([d for d in pending if not d.ready and d.failure is None], limit)
+
+    def _stalled(self, pending: Iterable[_Delayed], limit: float) -> None:
+        idle = time.monotonic() - self._last_progress
+        for d in pending:
+            d.failure = (
+                f"no progress for {_seconds(idle)} s ({d.done} of {d.total} bytes fetched; gitmld.fetchTimeout is"
+                f" {limit:g} s): the remote or the daemon is stuck; see `gitmld status`, then check the file"
+                f" out again (`git checkout -- '{d.path}'`)"
+            )
 
     # -- plumbing ------------------------------------------------------------------------
     def _daemon(self) -> DaemonClient:
@@ -363,6 +435,21 @@ class FilterProcess:
         stream = self._stderr or sys.stderr
         stream.write(message + "\n")
         stream.flush()
+
+
+def widen_pipe(fd: int) -> None:
+    """Grow a pipe's buffer so that a gigabyte crosses it in 1 MiB reads and writes rather
+    than 64 KiB ones (half the filter's system time). Not a pipe, or not allowed: no change."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except (OSError, ValueError):
+        pass
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _fill(content: Iterator[bytes], buf: bytearray, size: int) -> bool:

@@ -220,6 +220,34 @@ def resolve(entries: Sequence[Entry], base: Path) -> dict[str, Any]:
     return fields
 
 
+FETCH_TIMEOUT_KEY = "gitmld.fetchTimeout"
+DEFAULT_FETCH_TIMEOUT = 600.0  # seconds without progress before a delayed smudge fails
+
+
+def parse_fetch_timeout(text: str) -> float:
+    """Seconds (a whole or decimal number, >= 0; 0 turns the deadline off)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} must be a number of seconds >= 0 (0: no deadline)")
+    return value
+
+
+def load_fetch_timeout(cwd: str | Path | None = None) -> float:
+    """gitmld.fetchTimeout from git config (local, global, system, `git -c`), not from the
+    committed `.gitmldconfig`: how long to wait is the user's call. ConfigError if malformed."""
+    proc = run_git(["config", "--get", FETCH_TIMEOUT_KEY], cwd=cwd, ok_codes=(0, 1))
+    text = proc.stdout.decode(errors="replace").strip()
+    if proc.returncode == 1 or not text:
+        return DEFAULT_FETCH_TIMEOUT
+    try:
+        return parse_fetch_timeout(text)
+    except ValueError as e:
+        raise ConfigError("git config", str(e), FETCH_TIMEOUT_KEY) from None
+
+
 def load_remote_config(top: Path | None = None, *, cwd: str | Path | None = None) -> RemoteConfig:
     """The RemoteConfig for the repository at `top` (found with `git rev-parse` when not given).
 

@@ -1,4 +1,4 @@
-"""What `gitmld install` writes: git config for the filter and diff driver, and the pre-push hook.
+"""What `gitmld install` writes: git config for the filter, diff and merge drivers, and the pre-push hook.
 
 Shared by the CLI and by the filter process, which adds the hook to clones that lack it.
 """
@@ -30,6 +30,10 @@ def git_settings() -> dict[str, str]:
         # Git smudges a blob before textconv sees it; caching the output per blob (in
         # refs/notes/textconv/gitmld) spares the old side that smudge and hash on every diff.
         "diff.gitmld.cachetextconv": "true",
+        # Git hands the driver the three pointers (%O base, %A ours, %B theirs) and keeps what
+        # it writes into %A; %P is the path. A non-zero exit leaves Git's conflict state.
+        "merge.gitmld.name": "gitmld: merges safetensors models tensor by tensor",
+        "merge.gitmld.driver": f"{self_command()} merge-driver %O %A %B %P",
     }
 
 

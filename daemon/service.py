@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +20,16 @@ from typing import Any
 from gitmld.daemon.channel import Channel, ChannelClosed, RequestError
 from gitmld.daemon.content_sample import StreamSample
 from gitmld.daemon.errors import classify
+from gitmld.daemon.reachability import Reachability
+from gitmld.daemon.store.progress import FlushProgress
 from gitmld.daemon.store.store import ContentStore, StoreOptions
+from gitmld.proto import compose
 from gitmld.proto.pointer import Pointer
 from gitmld.proto.remote_config import RemoteConfig
 from gitmld.proto.version import __version__
 
 log = logging.getLogger("gitmld.service")
 
-DATA_FRAME = 256 * 1024
 PROGRESS_INTERVAL = 0.5
 
 
@@ -62,11 +65,13 @@ class Service:
         self._store_configs: dict[str, RemoteConfig] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self._fetches: dict[tuple[str, str], FetchState] = {}
+        self._reachability = Reachability()
         self.connections = 0
         self.requests_served = 0
         self.shutdown_requested = asyncio.Event()
         self._ops: dict[str, Handler] = {
             "put": self.op_put,
+            "compose": self.op_compose,
             "get": self.op_get,
             "has": self.op_has,
             "fetch": self.op_fetch,
@@ -157,23 +162,85 @@ class Service:
         pointer = Pointer(oid=result.oid, size=result.size, description=description)
         await ch.respond({"oid": result.oid, "size": result.size, "pointer": pointer.to_text()})
 
+    async def op_compose(self, request: dict[str, Any], ch: Channel) -> None:
+        """Store a new file made of ranges of stored files and inline bytes from the client's
+        DATA (proto/compose.py), and answer like put. Copied ranges never cross the socket, and
+        the tensor-aware chunker cuts them into the chunks they already have: they dedup."""
+        path = str(request.get("path", ""))
+        incoming = ch.incoming_data()
+        try:
+            try:
+                parts = compose.parts_from_json(request.get("parts"))
+            except compose.ComposeError as e:
+                raise RequestError("bad_request", f"compose: {e}") from None
+            _, store = await self.store_for(request)
+            # Every copied range is checked (unknown object, out of bounds) before anything is stored.
+            ranges = [await store.open_range(p.oid, p.offset, p.length) if isinstance(p, compose.CopyPart) else None
+                      for p in parts]
+        except BaseException:
+            await drain(incoming)
+            raise
+        splitter = compose.InlineSplitter([p.length for p in parts if isinstance(p, compose.InlinePart)])
+        sample = StreamSample()
+
+        async def assembled() -> AsyncIterator[bytes]:
+            pending: deque[bytes] = deque()  # inline bytes received ahead of their part
+            for part, copied in zip(parts, ranges, strict=True):
+                if copied is not None:
+                    async for copy in copied:
+                        sample.feed(copy)
+                        yield copy
+                    continue
+                left = part.length
+                while left:
+                    if not pending:
+                        received = await next_data(incoming)
+                        if received is None:
+                            splitter.finish()  # raises: the client sent fewer bytes than declared
+                        else:
+                            pending.extend(piece for _, piece in splitter.feed(received))
+                        continue
+                    piece = pending.popleft()
+                    left -= len(piece)
+                    sample.feed(piece)
+                    yield piece
+            async for extra in incoming:
+                splitter.feed(extra)  # raises: more bytes than declared
+            splitter.finish()
+
+        try:
+            result = await store.put(assembled())
+        except compose.ComposeError as e:
+            await drain(incoming)
+            raise RequestError("bad_request", f"compose: {e}") from None
+        except BaseException:
+            await drain(incoming)
+            raise
+        description = describe_content(sample, result.tensors, self.settings.max_tensor_lines, path)
+        pointer = Pointer(oid=result.oid, size=result.size, description=description)
+        await ch.respond({"oid": result.oid, "size": result.size, "pointer": pointer.to_text()})
+
     async def op_get(self, request: dict[str, Any], ch: Channel) -> None:
-        """Stream an object's bytes; an error after the first DATA makes the client discard all."""
+        """Stream an object's bytes, or with `offset` and `length` a range of them (only the
+        chunks the range overlaps are read); an error after the first DATA makes the client
+        discard all."""
         oid = require_str(request, "oid")
         _, store = await self.store_for(request)
+        if "offset" in request or "length" in request:
+            offset, length = require_count(request, "offset"), require_count(request, "length")
+            ranged = await store.open_range(oid, offset, length)  # checked before we answer
+            await ch.respond({"size": length, "offset": offset})
+            await send_stream(ch, ranged)
+            return
         if not await store.has(oid):
             raise RequestError(
                 "not_found",
                 f"object {oid} ({request.get('path', '?')}) is in neither the host cache nor the remote",
                 oid,
             )
-        stream = store.open_file(oid)
+        stream = store.open_file(oid, path=str(request.get("path", "")))
         await ch.respond({"size": request.get("size")})
-        async for piece in stream:
-            view = memoryview(piece)
-            for start in range(0, len(view), DATA_FRAME):
-                await ch.send_data(bytes(view[start : start + DATA_FRAME]))
-        await ch.end_data()
+        await send_stream(ch, stream)
 
     async def op_has(self, request: dict[str, Any], ch: Channel) -> None:
         oid = require_str(request, "oid")
@@ -190,13 +257,15 @@ class Service:
             state = self._fetches.get((key, oid))
             if state is not None and not (state.task.done() and state.task.exception() is not None):
                 continue  # running or done: single-flight per object
-            task = asyncio.create_task(store.fetch(oid), name=f"fetch {oid}")
-            self._fetches[(key, oid)] = FetchState(task=task, path=str(request.get("path", "")))
+            path = str(request.get("path", ""))
+            task = asyncio.create_task(store.fetch(oid, path=path), name=f"fetch {oid}")
+            self._fetches[(key, oid)] = FetchState(task=task, path=path)
             queued += 1
         await ch.respond({"queued": queued})
 
     async def op_wait(self, request: dict[str, Any], ch: Channel) -> None:
-        """Answer as soon as at least one of the objects is ready or failed, or at the timeout."""
+        """Answer as soon as at least one of the objects is ready or failed, or at the timeout;
+        `progress` tells the client whether the fetches still pending are moving."""
         key, store = await self.store_for(request)
         oids = require_oid_list(request)
         timeout = float(request.get("timeout", 60.0))
@@ -220,7 +289,9 @@ class Service:
                     failed[oid] = classify(exc)[1]
         for oid in ready + list(failed):
             self._fetches.pop((key, oid), None)
-        await ch.respond({"ready": ready, "failed": failed})
+        progress = {oid: fetch_progress(store, oid, state) for oid, state in states.items()
+                    if state is not None and oid not in failed and oid not in ready}
+        await ch.respond({"ready": ready, "failed": failed, "progress": progress})
 
     async def op_flush(self, request: dict[str, Any], ch: Channel) -> None:
         """Make objects durable in the remote, reporting progress while the queue drains."""
@@ -228,19 +299,20 @@ class Service:
         oids = request.get("oids")
         if oids is not None:
             oids = require_oid_list(request)
-        flush = asyncio.create_task(store.flush(oids))
+        progress = FlushProgress()
+        flush = asyncio.create_task(store.flush(oids, progress=progress))
         while not flush.done():
             done, _ = await asyncio.wait({flush}, timeout=PROGRESS_INTERVAL)
-            if not done:
-                stats = store.stats()
-                await ch.progress(
-                    {"what": "upload", "unit": "bytes", "done": stats["remote_put_bytes"],
-                     "queued": stats["upload_queue_bytes"]}
-                )
+            if not done and progress.planned and progress.total:
+                await ch.progress(progress.frame())
         result = flush.result()
+        if progress.planned and progress.total:  # the last frame: done == total == uploaded_bytes
+            await ch.progress(progress.frame())
         await ch.respond({"uploaded_bytes": result.uploaded_bytes, "objects": result.objects})
 
     async def op_status(self, request: dict[str, Any], ch: Channel) -> None:
+        """Probe the remotes (cached for a few seconds, bounded by a short timeout), then answer."""
+        await self._reachability.refresh({key: store.probe_remote for key, store in self._stores.items()})
         await ch.respond(self.status())
 
     async def op_shutdown(self, request: dict[str, Any], ch: Channel) -> None:
@@ -250,14 +322,12 @@ class Service:
     def status(self) -> dict[str, Any]:
         """The status document behind `gitmld status --json`."""
         remotes = []
+        transfers = []
         for key, store in self._stores.items():
             config = self._store_configs[key]
-            remotes.append({"url": config.url, "endpoint": config.endpoint, "stats": store.stats()})
-        fetching = [
-            {"oid": oid, "path": s.path, "seconds": round(time.monotonic() - s.started, 1)}
-            for (_, oid), s in self._fetches.items()
-            if not s.task.done()
-        ]
+            remotes.append({"url": config.url, "endpoint": config.endpoint, **self._reachability.describe(key),
+                            "stats": store.stats()})
+            transfers += [{**t, "remote": config.url} for t in store.transfers()]
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -268,9 +338,18 @@ class Service:
             "cache_limit_bytes": self.settings.cache_limit_bytes,
             "connections": self.connections,
             "requests_served": self.requests_served,
-            "fetches_in_flight": fetching,
+            "transfers": transfers,
             "remotes": remotes,
         }
+
+
+def fetch_progress(store: ContentStore, oid: str, state: FetchState) -> dict[str, Any]:
+    """A pending fetch's bytes done, total and seconds since they last grew (the fetch may not
+    have reached the store yet: then it has been idle since the request)."""
+    t = store.fetch_progress(oid)
+    if t is None:
+        return {"done": 0, "total": 0, "idle_seconds": round(time.monotonic() - state.started, 1)}
+    return {"done": t.done, "total": t.total, "idle_seconds": round(t.idle_seconds(), 1)}
 
 
 def store_key(config: RemoteConfig) -> str:
@@ -292,6 +371,14 @@ def describe_content(
         return [("format", "unknown")]
 
 
+async def next_data(stream: AsyncIterator[bytes]) -> bytes | None:
+    """The next DATA payload, or None at END."""
+    try:
+        return await anext(stream)
+    except StopAsyncIteration:
+        return None
+
+
 async def drain(stream: AsyncIterator[bytes]) -> None:
     """Read a failed put's remaining DATA so the client is never blocked writing to us."""
     async for _ in stream:
@@ -303,6 +390,20 @@ def require_str(request: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise RequestError("bad_request", f"request field {key!r} must be a non-empty string")
     return value
+
+
+def require_count(request: dict[str, Any], key: str) -> int:
+    value = request.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RequestError("bad_request", f"request field {key!r} must be a non-negative integer, not {value!r}")
+    return value
+
+
+async def send_stream(ch: Channel, stream: AsyncIterator[bytes]) -> None:
+    """DATA frames, then END (the channel frames each piece without copying it)."""
+    async for piece in stream:
+        await ch.send_data(piece)
+    await ch.end_data()
 
 
 def require_oid_list(request: dict[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@ backends are interchangeable in tests and a cluster tier can later slot in behin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -82,6 +83,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+Progress = Callable[[int], None]  # bytes more done
+
+
 @runtime_checkable
 class Remote(Protocol):
     """Object storage with S3 semantics: whole-object puts, ranged gets, prefix listing."""
@@ -90,12 +94,16 @@ class Remote(Protocol):
     stats: RemoteStats
 
     async def put_bytes(self, name: str, data: bytes) -> None: ...
-    async def put_file(self, name: str, path: Path) -> None: ...  # large: multipart on S3
+    # large: multipart on S3; progress(n) as parts complete (possibly from a worker thread)
+    async def put_file(self, name: str, path: Path, *, progress: Progress | None = None) -> None: ...
     async def get_bytes(self, name: str) -> bytes: ...  # raises RemoteNotFound
     async def get_range(self, name: str, offset: int, length: int) -> bytes: ...
     async def exists(self, name: str) -> bool: ...
     async def list(self, prefix: str) -> list[str]: ...  # names relative to the remote root
     async def delete(self, name: str) -> None: ...
+    # One quick request, no retries (`gitmld status` asks "is it reachable now?"): whether name
+    # exists; RemoteError when the remote does not answer usefully.
+    async def probe(self, name: str) -> bool: ...
     async def close(self) -> None: ...
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from gitmld.daemon.remote.base import RemoteError, RemoteNotFound, RemoteStats
+from gitmld.daemon.remote.base import Progress, RemoteError, RemoteNotFound, RemoteStats, RemoteUnavailable
 
 TMP_PREFIX = ".gitmld-tmp-"  # reserved: names with a component starting with it are refused
 _COPY_BUFFER = 1 << 20
+_PROGRESS_STEP = 8 << 20  # put_file reports progress every this many bytes
 
 
 def path_from_url(url: str) -> Path:
@@ -60,12 +61,23 @@ class DirectoryRemote:
         self.stats.puts += 1
         self.stats.put_bytes += len(data)
 
-    async def put_file(self, name: str, path: Path) -> None:
+    async def put_file(self, name: str, path: Path, *, progress: Progress | None = None) -> None:
+        """Copy in a worker thread; progress(n) is called from that thread every few MiB."""
         target = self._path(name)
 
         def copy(dst: BinaryIO) -> int:
             with open(path, "rb") as src:
-                shutil.copyfileobj(src, dst, _COPY_BUFFER)
+                if progress is None:
+                    shutil.copyfileobj(src, dst, _COPY_BUFFER)
+                    return src.tell()
+                unreported = 0
+                while block := src.read(_COPY_BUFFER):
+                    dst.write(block)
+                    unreported += len(block)
+                    if unreported >= _PROGRESS_STEP:
+                        progress(unreported)
+                        unreported = 0
+                progress(unreported)
                 return src.tell()
 
         size = await asyncio.to_thread(_write_atomic, target, copy)
@@ -104,6 +116,18 @@ class DirectoryRemote:
 
     async def exists(self, name: str) -> bool:
         return await asyncio.to_thread(self._path(name).is_file)
+
+    async def probe(self, name: str) -> bool:
+        """Whether name exists; RemoteUnavailable when the directory itself is gone (unmounted)."""
+        target = self._path(name)
+
+        def look() -> bool:
+            if not self.root.is_dir():
+                raise RemoteUnavailable(self.url, None, f"directory {self.root} does not exist",
+                                        hint="mount it or fix gitmld.url")
+            return target.is_file()
+
+        return await asyncio.to_thread(look)
 
     async def list(self, prefix: str) -> list[str]:
         """Names starting with `prefix` (a string prefix, as on S3), sorted."""

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import botocore.exceptions as bex
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from gitmld.daemon.remote.base import RemoteError, RemoteNotFound, RemoteStats
+from gitmld.daemon.remote.base import Progress, RemoteError, RemoteNotFound, RemoteStats, RemoteUnavailable
 from gitmld.daemon.remote.retry import RetryPolicy, with_retry
 
 T = TypeVar("T")
@@ -211,6 +212,21 @@ class S3Remote:
 
         return await self._call(name, op)
 
+    async def probe(self, name: str) -> bool:
+        """One HEAD, not retried and not queued behind the transfers holding the request slots
+        (the pool keeps connections spare for this), so a busy remote still answers quickly;
+        the caller bounds the time."""
+        client = await self._get_client()
+        try:
+            await client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except bex.ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND:
+                return False
+            raise self._translate(name, exc) from exc
+        except (bex.BotoCoreError, OSError, aiohttp.ClientError) as exc:
+            raise RemoteUnavailable(self.url, name, exc) from exc
+        return True
+
     async def list(self, prefix: str) -> list[str]:
         """Names starting with `prefix`, relative to the remote root, in S3's (byte) order."""
         full = self._root + prefix
@@ -238,16 +254,19 @@ class S3Remote:
         self.stats.puts += 1
         self.stats.put_bytes += len(data)
 
-    async def put_file(self, name: str, path: Path) -> None:
-        """Single PUT below `multipart_threshold`, else a concurrent multipart upload."""
+    async def put_file(self, name: str, path: Path, *, progress: Progress | None = None) -> None:
+        """Single PUT below `multipart_threshold`, else a concurrent multipart upload;
+        progress(n) as each part (or the single PUT) completes."""
         size = (await asyncio.to_thread(os.stat, path)).st_size
         if size < self.multipart_threshold:
             data, crc = await asyncio.to_thread(_read_part, path, 0, size)
             if len(data) != size:
                 raise self._changed(name, path)
             await self._put_object(name, data, crc)
+            if progress is not None:
+                progress(size)
             return
-        await self._put_multipart(name, path, size)
+        await self._put_multipart(name, path, size, progress)
         self.stats.puts += 1
         self.stats.put_bytes += size
 
@@ -257,7 +276,7 @@ class S3Remote:
             hint="do not modify files while gitmld uploads them; run the command again",
         )
 
-    async def _put_multipart(self, name: str, path: Path, size: int) -> None:
+    async def _put_multipart(self, name: str, path: Path, size: int, progress: Progress | None) -> None:
         key = self._key(name)
         part_size = max(self.part_size, -(-size // MAX_PARTS))
         count = -(-size // part_size)
@@ -281,6 +300,8 @@ class S3Remote:
                     resp = await self._call(name, upload)
                     del data, upload
                 parts[index] = {"PartNumber": index + 1, "ETag": resp["ETag"], "ChecksumCRC32": crc}
+                if progress is not None:
+                    progress(length)
 
         try:
             try:

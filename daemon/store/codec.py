@@ -225,9 +225,12 @@ def encode_chunk(keys: RepoKeys, cid: bytes, plain: bytes | memoryview, hint: st
 # -- decoding --------------------------------------------------------------------------------
 
 
-def decode_chunk(keys: RepoKeys, cid: bytes, blob: bytes | memoryview, aead: AESGCM | None = None) -> bytes:
+def decode_chunk(keys: RepoKeys, cid: bytes, blob: bytes | memoryview, aead: AESGCM | None = None, *,
+                 verify_id: bool = True) -> bytes:
     """The plaintext of a chunk blob, after checking the AEAD tag, the length and the keyed id.
-    ``blob`` may be a view into a larger read (no copy); ``aead``: one cipher per batch."""
+    ``blob`` may be a view into a larger read (no copy); ``aead``: one cipher per batch.
+    ``verify_id=False`` skips recomputing the keyed id (the AEAD tag, whose AAD holds the id,
+    is always checked): for host-cache reads of a whole file, whose SHA-256 the caller checks."""
     if len(blob) < 1 + _NONCE + _TAG + 5:
         raise CorruptChunk(cid, f"blob truncated ({len(blob)} bytes)")
     aead = aead or AESGCM(keys.data_key)
@@ -252,7 +255,7 @@ def decode_chunk(keys: RepoKeys, cid: bytes, blob: bytes | memoryview, aead: AES
         plain = _decode_inner(memoryview(inner))
     except (ValueError, struct.error, zstandard.ZstdError) as e:
         raise CorruptChunk(cid, f"bad payload: {e}") from None
-    if chunk_id(keys, plain) != cid:
+    if verify_id and chunk_id(keys, plain) != cid:
         raise CorruptChunk(cid, "content does not match its id")
     return plain
 

@@ -176,6 +176,16 @@ class IndexDB:
                     out[bytes(k)] = bytes(v)
         return out
 
+    def index_backlog(self) -> tuple[int, int]:
+        """(packs, entry table bytes) that no index segment covers yet, uploaded or not: what
+        bounds the next segment's size, for flush progress."""
+        packs = table_bytes = 0
+        with self.env.begin(db=self.db["packents"]) as txn:
+            for _, v in txn.cursor():
+                packs += 1
+                table_bytes += len(v)
+        return packs, table_bytes
+
     def seen_index(self) -> set[str]:
         with self.env.begin(db=self.db["seen_index"]) as txn:
             return {bytes(k).decode() for k in txn.cursor().iternext(values=False)}

@@ -51,10 +51,11 @@ class ReadStats:
 class _Group:
     """Neighbouring chunks read with one request (one pack range or one segment range)."""
 
-    __slots__ = ("end", "futures", "refs", "source", "start", "stored")
+    __slots__ = ("end", "futures", "refs", "source", "start", "stored", "verify_ids")
 
-    def __init__(self, source: bytes, start: int, end: int) -> None:
+    def __init__(self, source: bytes, start: int, end: int, verify_ids: bool = True) -> None:
         self.source, self.start, self.end = source, start, end
+        self.verify_ids = verify_ids
         self.refs: list[ChunkRef] = []
         self.futures: list[asyncio.Future[bytes]] = []
         # done once the group's chunks are in the host cache (or the fetch failed)
@@ -86,10 +87,14 @@ class ChunkReader:
         self.stats = ReadStats()
 
     async def stream(self, manifest: Manifest, *, want_data: bool,
-                     progress: Callable[[int], None] | None = None) -> AsyncIterator[bytes]:
+                     progress: Callable[[int], None] | None = None,
+                     verify_ids: bool = True) -> AsyncIterator[bytes]:
         """Yield each chunk's plaintext in file order (want_data), or only make every chunk
         local (not want_data: yields nothing). progress(n): n more bytes of the file are in
-        hand (for a fetch: in the host cache or on their way into it), chunk by chunk."""
+        hand (for a fetch: in the host cache or on their way into it), chunk by chunk.
+        verify_ids=False: host-cache chunks skip the keyed-id recomputation (AEAD is still
+        checked); only for a caller that checks the whole file's SHA-256. Chunks from the
+        remote are always fully verified before they enter the cache."""
         window = self._opts.read_ahead
         refs: Iterator[ChunkRef] = manifest.chunks()
         pending: deque[tuple[int, Awaitable[Any] | None]] = deque()
@@ -107,7 +112,7 @@ class ChunkReader:
                         break
                 else:
                     exhausted = True
-                waiters, stored = self._plan(step, want_data)
+                waiters, stored = self._plan(step, want_data, verify_ids)
                 pending.extend(zip((r.plain_len for r in step), waiters, strict=True))
                 caching = [f for f in caching if not f.done()] + stored
                 buffered += step_bytes
@@ -132,8 +137,8 @@ class ChunkReader:
 
     # -- planning -----------------------------------------------------------------------------
 
-    def _plan(self, refs: list[ChunkRef],
-              want_data: bool) -> tuple[list[Awaitable[Any] | None], list[asyncio.Future[None]]]:
+    def _plan(self, refs: list[ChunkRef], want_data: bool,
+              verify_ids: bool = True) -> tuple[list[Awaitable[Any] | None], list[asyncio.Future[None]]]:
         """Start getting every chunk of refs: one awaitable per ref (None when nothing is
         needed), and the "stored in the cache" futures of the fetches involved."""
         loop = asyncio.get_running_loop()
@@ -157,7 +162,7 @@ class ChunkReader:
                     continue
                 if local_group is None or not local_group.fits(loc.seg_id, loc.offset, loc.length, self._opts):
                     self._start_local(local_group)
-                    local_group = _Group(loc.seg_id, loc.offset, loc.offset)
+                    local_group = _Group(loc.seg_id, loc.offset, loc.offset, verify_ids)
                 fut = loop.create_future()
                 local_group.refs.append(ref._replace(offset=loc.offset, stored_len=loc.length))
                 local_group.futures.append(fut)
@@ -197,7 +202,7 @@ class ChunkReader:
     async def _read_local(self, g: _Group) -> None:
         try:
             results = await self._run_cpu(_read_and_decode, self._cache, self._keys, g.source, g.start,
-                                          g.end - g.start, g.refs)
+                                          g.end - g.start, g.refs, g.verify_ids)
         except BaseException as exc:
             _fail(g.futures, exc)
             if not isinstance(exc, Exception):
@@ -307,7 +312,7 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 def _read_and_decode(cache: HostCache, keys: RepoKeys, seg_id: bytes, start: int, length: int,
-                     refs: list[ChunkRef]) -> list[bytes | None]:
+                     refs: list[ChunkRef], verify_ids: bool = True) -> list[bytes | None]:
     """Worker thread: one pread for the group, then decode each chunk; None where a chunk
     does not verify (or the segment is gone)."""
     try:
@@ -322,7 +327,7 @@ def _read_and_decode(cache: HostCache, keys: RepoKeys, seg_id: bytes, start: int
             out.append(None)
             continue
         try:
-            out.append(codec.decode_chunk(keys, r.cid, blob, aead))
+            out.append(codec.decode_chunk(keys, r.cid, blob, aead, verify_id=verify_ids))
         except codec.CorruptChunk:
             out.append(None)
     return out

@@ -40,6 +40,11 @@ def encode(keys: RepoKeys, packs: Mapping[bytes, bytes]) -> bytes:
     return codec.seal_blob(keys, KIND, b"".join(parts))
 
 
+def plain_size(packs: int, table_bytes: int) -> int:
+    """Plaintext size of a segment of `packs` sections holding `table_bytes` of entry tables."""
+    return _HEAD.size + packs * _SECTION.size + table_bytes if packs else 0
+
+
 def decode(keys: RepoKeys, name: str, blob: bytes) -> Iterator[tuple[bytes, memoryview]]:
     """(pack id, entry table) per section; CorruptObject / UnsupportedFormat naming `name`."""
     try:

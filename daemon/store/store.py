@@ -9,6 +9,7 @@ the crash-safe write order packs -> index -> manifests is enforced (FORMAT.md).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -16,6 +17,8 @@ import inspect
 import logging
 import os
 import time
+from array import array
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,14 +31,16 @@ from gitmld.daemon.store.chunker import DEFAULT_AVG_SIZE, TensorInfo
 from gitmld.daemon.store.errors import (
     CacheBusy,
     CorruptObject,
+    InvalidRequest,
     NotDurable,
     NotFound,
     UnsupportedFormat,
 )
 from gitmld.daemon.store.local_cache import HostCache
-from gitmld.daemon.store.manifest import Manifest, decode_plain, oid_bytes, open_sealed, remote_name
+from gitmld.daemon.store.manifest import RECORD, Manifest, decode_plain, oid_bytes, open_sealed, remote_name
+from gitmld.daemon.store.progress import FlushProgress, Transfer, TransferBoard, sealed_bound
 from gitmld.daemon.store.reader import ChunkReader, ReadOptions
-from gitmld.daemon.store.repository import Repository, keyfile_path, open_repository
+from gitmld.daemon.store.repository import CONFIG_NAME, Repository, keyfile_path, open_repository
 from gitmld.daemon.store.transfer import PackUploader
 from gitmld.daemon.store.writer import HASH_BATCH, PutPipeline, PutStats, hash_all
 from gitmld.proto.remote_config import RemoteConfig
@@ -43,6 +48,7 @@ from gitmld.proto.remote_config import RemoteConfig
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FlushHook = Callable[[str], Awaitable[None] | None]
+RANGE_MANIFESTS = 16  # manifests (with their chunk offsets) kept for ranged reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,15 @@ class FlushResult:
     objects: int
 
 
+@dataclass(frozen=True, slots=True)
+class _RangePlan:
+    """The chunks a ranged read decodes, and how much of them it trims away."""
+
+    chunks: Manifest  # a manifest holding only the chunks that overlap the range
+    skip: int  # bytes of the first chunk before the range
+    length: int
+
+
 class ContentStore:
     """One repository (remote) and its host cache; every checkout of that remote shares it,
     so concurrent requests share transfers (single-flight) and the cache."""
@@ -92,8 +107,9 @@ class ContentStore:
         self._io_pool = io
         self._cpu_pool = ThreadPoolExecutor(options.threads, "gitmld-cpu")
         self._hash_pool = ThreadPoolExecutor(2, "gitmld-hash")
+        self._transfers = TransferBoard()  # uploads and downloads in flight, for status
         self._uploader = PackUploader(remote, cache.files.path, cache.db.is_queued, self._pack_uploaded,
-                                      config.concurrency, options.max_uploading)
+                                      config.concurrency, options.max_uploading, self._transfers)
         self._loop = asyncio.get_running_loop()
         cache.on_sealed = self._pack_sealed
         self._reader = ChunkReader(
@@ -103,8 +119,14 @@ class ContentStore:
                                 max_gap=options.max_gap, max_fetching=options.max_fetching))
         self._put_stats = PutStats()
         self._bytes_out = 0
+        self._range_reads = 0
+        self._range_bytes_out = 0  # bytes ranged reads delivered (also counted in bytes_out)
+        self._range_chunk_bytes = 0  # plaintext of the whole chunks decoded to serve them
+        # oid -> (manifest, end offset of each chunk): ranged reads of one file come in series
+        self._range_index: OrderedDict[str, tuple[Manifest, array[int]]] = OrderedDict()
         self._flush_lock = asyncio.Lock()
         self._fetches: dict[str, asyncio.Task[None]] = {}
+        self._fetch_progress: dict[str, Transfer] = {}  # oid -> its running fetch's counters
         self._manifest_tasks: dict[str, asyncio.Task[Manifest]] = {}
         self._closed = False
         self._index_loaded = 0.0  # monotonic time of the last merge of the remote index
@@ -197,16 +219,28 @@ class ContentStore:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def open_file(self, oid: str) -> AsyncIterator[bytes]:
+    async def open_file(self, oid: str, *, path: str = "") -> AsyncIterator[bytes]:
         """The file's bytes in order. An exception at any point (NotFound, CorruptObject, a
-        remote error) means the whole file failed: callers must discard what they got."""
+        remote error) means the whole file failed: callers must discard what they got.
+        `path` (the client's name for the file) only labels the transfer in status."""
         self._check_open()
         manifest = await self._manifest(oid)
+        progress = self._transfers.start("download", "read", oid, manifest.size, path=path)
+        try:
+            async for data in self._verified(oid, manifest):
+                progress.advance(len(data))
+                yield data
+        finally:
+            self._transfers.finish(progress)
+
+    async def _verified(self, oid: str, manifest: Manifest) -> AsyncIterator[bytes]:
+        """The file's chunks in order, then a check of the whole file's sha256 and size."""
         hasher = hashlib.sha256()
         hashing: Awaitable[None] | None = None
         buf: list[bytes] = []
         buffered = total = 0
-        async for data in self._reader.stream(manifest, want_data=True):
+        # the whole-file SHA-256 below covers the cached chunks' content: skip their id hashes
+        async for data in self._reader.stream(manifest, want_data=True, verify_ids=False):
             total += len(data)
             self._bytes_out += len(data)
             buf.append(data)
@@ -225,20 +259,100 @@ class ContentStore:
             raise CorruptObject(f"{oid}: the reassembled file ({total} bytes) hashes to {got}: the repository"
                                 f" at {self.remote.url} holds a wrong manifest for it", object=oid)
 
-    async def fetch(self, oid: str) -> None:
-        """Make every chunk of the file local (single-flight per oid)."""
+    async def open_range(self, oid: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        """`length` bytes of the file from `offset`: only the chunks that overlap the range are
+        read (from the host cache or the remote), the first and last are trimmed.
+
+        The range is checked before this returns (InvalidRequest when it is not inside the
+        file, NotFound for an unknown oid), so callers can answer before the first byte. Every
+        chunk is verified (AEAD tag and keyed chunk id) as for whole files, but the file's
+        sha256 cannot be checked on a part of it: a range is exactly as trustworthy as its
+        chunks, and a manifest that lists wrong chunks is only caught by a whole-file read.
+        """
+        self._check_open()
+        plan = await self._plan_range(oid, offset, length)
+        return self._read_range(oid, plan)
+
+    async def _plan_range(self, oid: str, offset: int, length: int) -> _RangePlan:
+        for name, value in (("offset", offset), ("length", length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidRequest(f"{oid}: range {name} {value!r} is not a non-negative integer", object=oid)
+        manifest, ends = await self._range_manifest(oid)
+        if offset + length > manifest.size:
+            raise InvalidRequest(
+                f"{oid}: the range of {length} bytes at offset {offset} ends at {offset + length}, past the end"
+                f" of the file ({manifest.size} bytes)", object=oid)
+        if length == 0:
+            return _RangePlan(Manifest(oid, 0, [], b""), 0, 0)
+        first = bisect.bisect_right(ends, offset)  # the first chunk that ends after offset
+        last = bisect.bisect_left(ends, offset + length)  # the chunk holding the range's last byte
+        start = ends[first - 1] if first else 0
+        records = manifest.records[first * RECORD.size : (last + 1) * RECORD.size]
+        chunks = Manifest(oid, ends[last] - start, manifest.pack_ids, records)
+        return _RangePlan(chunks, offset - start, length)
+
+    async def _range_manifest(self, oid: str) -> tuple[Manifest, array[int]]:
+        """The manifest and its chunks' end offsets, kept for the next ranged read of the file
+        (a diff or a merge reads many tensors of one file; decoding a 50 GB file's manifest
+        and summing its chunk sizes costs ~0.5 s)."""
+        entry = self._range_index.get(oid)
+        if entry is not None:
+            self._range_index.move_to_end(oid)
+            return entry
+        manifest = await self._manifest(oid)
+        ends = await self._cpu(_chunk_ends, manifest)
+        self._range_index[oid] = entry = (manifest, ends)
+        while len(self._range_index) > RANGE_MANIFESTS:
+            self._range_index.popitem(last=False)
+        return entry
+
+    async def _read_range(self, oid: str, plan: _RangePlan) -> AsyncIterator[bytes]:
+        self._range_reads += 1
+        skip, left = plan.skip, plan.length
+        if not left:
+            return
+        # verify_ids stays on: no whole-file sha256 covers a range, so every chunk's id is checked
+        async for data in self._reader.stream(plan.chunks, want_data=True, verify_ids=True):
+            self._range_chunk_bytes += len(data)
+            if skip or len(data) > left:
+                data = data[skip : skip + left]
+                skip = 0
+            left -= len(data)
+            self._bytes_out += len(data)
+            self._range_bytes_out += len(data)
+            yield data
+        if left:
+            raise CorruptObject(f"{oid}: its chunks ended {left} bytes before the end of the range; the"
+                                f" manifest in {self.remote.url} is wrong", object=oid)
+
+    async def fetch(self, oid: str, *, path: str = "") -> None:
+        """Make every chunk of the file local (single-flight per oid); `path` labels the
+        transfer in status."""
         self._check_open()
         task = self._fetches.get(oid)
         if task is None:
-            task = asyncio.create_task(self._fetch(oid), name=f"fetch {oid}")
+            task = asyncio.create_task(self._fetch(oid, path), name=f"fetch {oid}")
             self._fetches[oid] = task
             task.add_done_callback(lambda t: self._fetches.pop(oid, None))
         await asyncio.shield(task)
 
-    async def _fetch(self, oid: str) -> None:
-        manifest = await self._manifest(oid)
-        async for _ in self._reader.stream(manifest, want_data=False):
-            pass
+    async def _fetch(self, oid: str, path: str) -> None:
+        progress = self._transfers.start("download", "fetch", oid, 0, path=path)
+        self._fetch_progress[oid] = progress
+        try:
+            manifest = await self._manifest(oid)
+            progress.total = manifest.size
+            async for _ in self._reader.stream(manifest, want_data=False, progress=progress.advance):
+                pass
+        finally:
+            self._transfers.finish(progress)
+            if self._fetch_progress.get(oid) is progress:
+                del self._fetch_progress[oid]
+
+    def fetch_progress(self, oid: str) -> Transfer | None:
+        """The counters of oid's running fetch (None when none runs): `wait` reports them so
+        the filter can tell a slow download from a stalled one."""
+        return self._fetch_progress.get(oid)
 
     async def has(self, oid: str, *, local_only: bool = False) -> bool:
         """Whether the file can be read; local_only: from the host cache alone."""
@@ -283,9 +397,11 @@ class ContentStore:
 
     # -- flush ----------------------------------------------------------------------------------
 
-    async def flush(self, oids: Iterable[str] | None = None) -> FlushResult:
+    async def flush(self, oids: Iterable[str] | None = None, *,
+                    progress: FlushProgress | None = None) -> FlushResult:
         """Make files durable in the remote: packs, then an index segment, then manifests
-        (all queued files, or those of `oids` and what they need)."""
+        (all queued files, or those of `oids` and what they need). `progress`, when given,
+        is planned once the flush knows what it uploads and then advances with it."""
         self._check_open()
         async with self._flush_lock:
             if oids is None:
@@ -299,10 +415,13 @@ class ContentStore:
                 if not manifests:
                     return FlushResult(0, 0)  # all of them are durable already
             self._check_lost(manifests)
-            uploaded = await self._uploader.wait(packs)
+            progress = progress or FlushProgress()
+            bounds = await self._plan_progress(progress, manifests, packs)
+            uploaded = await self._uploader.wait(packs, on_done=progress.pack_finished)
             objects = len(packs)
             await self._stage("packs")
             unindexed = await self._io(self._cache.db.unindexed)
+            index_blob = 0
             if unindexed:
                 name = remote_index.new_name()
                 blob = await self._cpu(remote_index.encode, self.repo.keys, unindexed)
@@ -310,13 +429,37 @@ class ContentStore:
                 await self._io(self._cache.db.index_written, name, list(unindexed))
                 uploaded += len(blob)
                 objects += 1
+                index_blob = len(blob)
+            progress.metadata(bounds.pop(b""), index_blob)
             await self._stage("index")
             slots = asyncio.Semaphore(self.config.concurrency)
-            sizes = await asyncio.gather(*(self._upload_manifest(raw, slots) for raw in manifests))
+
+            async def upload_manifest(raw: bytes) -> int:
+                size = await self._upload_manifest(raw, slots)
+                progress.metadata(bounds.get(raw, 0), size)
+                return size
+
+            sizes = await asyncio.gather(*(upload_manifest(raw) for raw in manifests))
             uploaded += sum(sizes)
             objects += sum(1 for s in sizes if s)
             await self._stage("manifests")
             return FlushResult(uploaded, objects)
+
+    async def _plan_progress(self, progress: FlushProgress, manifests: list[bytes],
+                             packs: list[bytes]) -> dict[bytes, int]:
+        """Plan progress: the packs' sizes (exact) and bounds of the sealed index segment and
+        manifests; returns the bounds (b"" for the index segment) to settle as they upload."""
+        bounds: dict[bytes, int] = {}
+        for raw in manifests:
+            rec = self._cache.db.manifest(raw)
+            bounds[raw] = sealed_bound([len(rec[1])]) if rec is not None and not rec[0] else 0
+        backlog = await self._io(self._cache.db.index_backlog)
+        index_plain = remote_index.plain_size(*backlog)
+        bounds[b""] = sealed_bound([index_plain]) if index_plain else 0
+        sizes = {p: self._cache.sizes.get(p, 0) for p in packs}
+        metadata_objects = sum(1 for b in bounds.values() if b)
+        progress.plan(sizes, sum(bounds.values()), metadata_objects, self._uploader.uploaded_of)
+        return bounds
 
     async def _flush_plan(self, oids: list[str]) -> tuple[list[bytes], list[bytes]]:
         """For flush(oids): the manifests to upload and the packs they need."""
@@ -418,6 +561,15 @@ class ContentStore:
 
     # -- status ---------------------------------------------------------------------------------
 
+    async def probe_remote(self) -> None:
+        """One quick request for the repository's config object (no retries; the caller bounds
+        the time): returns when the remote answers, raises RemoteError when it does not."""
+        await self.remote.probe(CONFIG_NAME)
+
+    def transfers(self) -> list[dict[str, Any]]:
+        """Uploads and downloads in flight (progress.Transfer.snapshot), oldest first."""
+        return self._transfers.snapshot()
+
     def stats(self) -> dict[str, int]:
         packs, manifests = self._cache.db.queue()
         rs = self.remote.stats
@@ -425,6 +577,9 @@ class ContentStore:
         return {
             "bytes_in": ps.bytes_in,
             "bytes_out": self._bytes_out,
+            "range_reads": self._range_reads,
+            "range_bytes_out": self._range_bytes_out,
+            "range_chunk_bytes": self._range_chunk_bytes,
             "cache_hits": self._reader.stats.cache_hits,
             "cache_misses": self._reader.stats.cache_misses,
             "corrupt_cache_entries": self._reader.stats.corrupt_cache_entries,
@@ -467,6 +622,16 @@ def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...],
     if kwargs:
         return loop.run_in_executor(pool, lambda: fn(*args, **kwargs))
     return loop.run_in_executor(pool, fn, *args)
+
+
+def _chunk_ends(manifest: Manifest) -> array[int]:
+    """Worker thread: the file offset where each chunk ends (ascending: chunks are never empty)."""
+    ends: array[int] = array("Q")
+    total = 0
+    for record in RECORD.iter_unpack(manifest.records):
+        total += record[1]  # plain_len
+        ends.append(total)
+    return ends
 
 
 def _lock(root: Path) -> int:

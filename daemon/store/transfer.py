@@ -17,13 +17,15 @@ from pathlib import Path
 from gitmld.daemon.remote.base import Remote
 from gitmld.daemon.store.budget import ByteBudget
 from gitmld.daemon.store.pack import object_name
+from gitmld.daemon.store.progress import Transfer, TransferBoard
 
 log = logging.getLogger(__name__)
 
 
 class PackUploader:
     def __init__(self, remote: Remote, path_of: Callable[[bytes], Path], is_queued: Callable[[bytes], bool],
-                 on_uploaded: Callable[[bytes], Awaitable[None]], concurrency: int, max_bytes: int) -> None:
+                 on_uploaded: Callable[[bytes], Awaitable[None]], concurrency: int, max_bytes: int,
+                 board: TransferBoard | None = None) -> None:
         self._remote = remote
         self._path_of = path_of
         self._is_queued = is_queued
@@ -33,6 +35,8 @@ class PackUploader:
         # threshold does): bound the bytes of packs in flight, not only their number.
         self._bytes = ByteBudget(max_bytes)
         self._tasks: dict[bytes, asyncio.Task[int]] = {}
+        self._board = board if board is not None else TransferBoard()
+        self._progress: dict[bytes, Transfer] = {}  # packs uploading now (slot and budget held)
         self.failures = 0
 
     def submit(self, pack_id: bytes) -> asyncio.Task[int]:
@@ -45,9 +49,16 @@ class PackUploader:
             task.add_done_callback(functools.partial(self._finished, pack_id))
         return task
 
-    async def wait(self, pack_ids: Iterable[bytes]) -> int:
-        """Submit (if needed) and wait for every pack; raise the first failure."""
-        tasks = [self.submit(pid) for pid in pack_ids]
+    async def wait(self, pack_ids: Iterable[bytes],
+                   on_done: Callable[[bytes, int], None] | None = None) -> int:
+        """Submit (if needed) and wait for every pack; raise the first failure. on_done(pack
+        id, bytes uploaded) as each finishes (flush progress)."""
+        tasks = []
+        for pid in pack_ids:
+            task = self.submit(pid)
+            if on_done is not None:
+                task.add_done_callback(functools.partial(_report_done, on_done, pid))
+            tasks.append(task)
         if not tasks:
             return 0
         return sum(await asyncio.gather(*tasks))
@@ -55,6 +66,11 @@ class PackUploader:
     @property
     def in_flight(self) -> int:
         return sum(1 for t in self._tasks.values() if not t.done())
+
+    def uploaded_of(self, pack_id: bytes) -> int:
+        """Bytes of pack_id's running upload the remote has confirmed (parts done); 0 when not running."""
+        t = self._progress.get(pack_id)
+        return t.done if t is not None else 0
 
     async def _upload(self, pack_id: bytes) -> int:
         if not self._is_queued(pack_id):
@@ -64,7 +80,14 @@ class PackUploader:
         async with self._bytes.hold(size), self._slots:
             if not self._is_queued(pack_id):
                 return 0  # uploaded meanwhile (a finished upload leaves no task behind)
-            await self._remote.put_file(object_name(pack_id), path)
+            name = object_name(pack_id)
+            progress = self._board.start("upload", "pack", name, size)
+            self._progress[pack_id] = progress
+            try:
+                await self._remote.put_file(name, path, progress=progress.advance)
+            finally:
+                self._board.finish(progress)
+                del self._progress[pack_id]
         await self._on_uploaded(pack_id)
         return size
 
@@ -84,3 +107,8 @@ class PackUploader:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _report_done(on_done: Callable[[bytes, int], None], pack_id: bytes, task: asyncio.Task[int]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        on_done(pack_id, task.result())

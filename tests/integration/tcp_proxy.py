@@ -1,7 +1,9 @@
 """A loopback TCP forwarder that a test can switch off and on, to play an S3 outage.
 
 Stopping the shared SeaweedFS would break other tests; a proxy in front of it gives one test
-its own remote that goes down (connections refused) and comes back on the same port.
+its own remote that goes down (connections refused) and comes back on the same port, that is
+slow (bandwidth per connection and direction), or that hangs (`stall`: connections stay open
+and nothing moves, as with a dead router; `resume` lets it flow again).
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ import time
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target while up; refuses connections while down."""
 
-    def __init__(self, target_host: str, target_port: int, rate_bytes_per_s: int | None = None) -> None:
+    def __init__(self, target_host: str, target_port: int, rate_bytes_per_s: int | None = None,
+                 up_rate_bytes_per_s: int | None = None) -> None:
         self.target = (target_host, target_port)
         self.rate = rate_bytes_per_s  # downstream bandwidth, to make a transfer last long enough
+        self.up_rate = up_rate_bytes_per_s  # upstream (uploads), per connection too
+        self._flowing = threading.Event()
+        self._flowing.set()
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -39,6 +45,13 @@ class TcpProxy:
         self._listener = listener
         self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
         self._thread.start()
+
+    def stall(self) -> None:
+        """Keep every connection open but forward nothing more (at most one read slips by)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def down(self) -> None:
         """Close the listener and every forwarded connection: the remote is gone."""
@@ -71,15 +84,17 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b, rate in ((client, upstream, None), (upstream, client, self.rate)):
+            for a, b, rate in ((client, upstream, self.up_rate), (upstream, client, self.rate)):
                 threading.Thread(target=self._pump, args=(a, b, rate), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, rate: int | None) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, rate: int | None) -> None:
         start = time.monotonic()
         sent = 0
         try:
             while data := src.recv(1 << 16):
+                while not self._flowing.wait(0.5):  # stalled: hold the data, keep the connection
+                    if self._listener is None:
+                        return  # the proxy went down meanwhile
                 dst.sendall(data)
                 sent += len(data)
                 if rate:  # bandwidth shaping, not synchronisation: hold until the budget allows

@@ -135,6 +135,20 @@ async def test_unreachable_endpoint_is_unavailable_after_bounded_retries(s3_remo
     assert remote.stats.retries == 2 and remote.stats.gets == 0
 
 
+@pytest.mark.usefixtures("fake_credentials")
+async def test_probe_of_an_unreachable_endpoint_fails_at_once(s3_remotes: list[S3Remote]) -> None:
+    (port,) = free_ports(1)  # nothing listens there: connection refused
+    remote = S3Remote("s3://bucket/pre", endpoint=f"http://127.0.0.1:{port}", path_style=True,
+                      connect_timeout=1.0)  # the default retry policy: a probe must not use it
+    s3_remotes.append(remote)
+    started = time.monotonic()
+    with pytest.raises(RemoteUnavailable) as info:
+        await remote.probe("config")
+    assert time.monotonic() - started < 3.0
+    assert "s3://bucket/pre" in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
+    assert remote.stats.retries == 0
+
+
 async def test_no_credentials_is_a_clear_error_without_retries(
     s3_remotes: list[S3Remote], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -55,7 +55,7 @@ def commit(repo: Path, files: dict[str, bytes]) -> None:
 # -- help and usage -----------------------------------------------------------------------------
 
 SUBCOMMANDS = ["install", "track", "untrack", "status", "filter-process", "push", "pre-push", "prefetch",
-               "ls-files", "fsck", "keygen", "pointer-textconv", "version"]
+               "ls-files", "fsck", "keygen", "pointer-textconv", "diff", "merge-driver", "version"]
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
@@ -103,6 +103,9 @@ def test_install_configures_git_and_the_hook(gitenv: Path, run: Run) -> None:
     assert git("config", "--local", "filter.gitmld.required").strip() == "true"
     assert git("config", "--local", "diff.gitmld.textconv").strip().endswith("pointer-textconv")
     assert git("config", "--local", "diff.gitmld.cachetextconv").strip() == "true"
+    driver = git("config", "--local", "merge.gitmld.driver").strip()
+    assert driver.startswith(sys.executable) and driver.endswith("-m gitmld.client.cli merge-driver %O %A %B %P")
+    assert git("config", "--local", "merge.gitmld.name").strip()
     hook = gitenv / ".git" / "hooks" / "pre-push"
     assert hook.stat().st_mode & stat.S_IXUSR
     assert install.HOOK_MARKER in hook.read_text() and 'pre-push "$@"' in hook.read_text()
@@ -237,9 +240,17 @@ def test_render_status_of_a_running_daemon() -> None:
         "version": "0.1.0", "pid": 4242, "uptime_seconds": 3725.0, "socket": "/run/x.sock",
         "cache_dir": "/c", "cache_bytes": 1 << 30, "cache_limit_bytes": 4 << 30,
         "connections": 2, "requests_served": 17,
-        "fetches_in_flight": [{"oid": "sha256:" + "ab" * 32, "path": "model.bin", "seconds": 1.5}],
-        "remotes": [{"url": "s3://b/p", "stats": {"cache_hits": 3, "cache_misses": 1, "upload_queue": 5,
-                                                   "remote_get_bytes": 2048, "remote_gets": 2}}],
+        "transfers": [
+            {"direction": "download", "kind": "fetch", "what": "sha256:" + "ab" * 32, "path": "model.bin",
+             "done": 1 << 20, "total": 4 << 20, "rate": 512 << 10, "seconds": 1.5, "remote": "s3://b/p"},
+            {"direction": "upload", "kind": "pack", "what": "data/1a/1a2b3c4d5e6f7a8b9c", "path": "",
+             "done": 0, "total": 16 << 20, "rate": 0, "seconds": 0.5, "remote": "s3://b/p"},
+        ],
+        "remotes": [{"url": "s3://b/p", "reachable": True, "error": None, "probe_ms": 12.5,
+                     "stats": {"cache_hits": 3, "cache_misses": 1, "upload_queue": 5,
+                               "upload_queue_bytes": 80 << 20, "remote_get_bytes": 2048, "remote_gets": 2}},
+                    {"url": "s3://down/p", "reachable": False, "probe_ms": 3000.0,
+                     "error": "remote s3://down/p: no answer within 3 s", "stats": {}}],
     }
     facts = {"version": "0.1.0", "socket": "/run/x.sock", "cache_dir": "/c", "remote": {"url": "s3://b/p"}}
     text = cli.render_status(doc, facts)
@@ -247,9 +258,12 @@ def test_render_status_of_a_running_daemon() -> None:
     assert "4242" in text and "1h 2m" in text
     assert "1.00 GiB of 4.00 GiB (25%)" in text
     assert "75.0% (3 hits, 1 misses)" in text
-    assert "5 object(s) waiting" in text
-    assert "abababababab" in text and "model.bin" in text
+    assert "5 object(s) waiting (80.0 MiB)" in text
+    assert "model.bin (sha256:abababababab): 25% (1.00 MiB/4.00 MiB), 512 KiB/s, 1.5 s" in text
+    assert "pack 1a2b3c4d5e6f: 0% (0 bytes/16.0 MiB), 0.5 s" in text
     assert "\n  s3://b/p\n" in text and "2.00 KiB in 2 gets" in text
+    assert "reachable (12.5 ms)" in text
+    assert "UNREACHABLE: remote s3://down/p: no answer within 3 s" in text
     lines = text.splitlines()
     pid = next(line for line in lines if line.strip().startswith("pid"))
     uptime = next(line for line in lines if line.strip().startswith("uptime"))

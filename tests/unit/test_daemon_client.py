@@ -50,6 +50,9 @@ class FakeDaemon:
         self.fetch_gate = threading.Event()  # fetches complete only once this is set
         self.fetch_gate.set()
         self.fetch_state: dict[str, str | None] = {}  # oid -> None (pending), "" (ready), message
+        self.progress_per_wait = 0  # bytes a pending fetch advances per `wait` (a slow download)
+        self.fetch_done: dict[str, int] = {}  # oid -> bytes its fetch reports done
+        self.hang_waits = False  # `wait` never answers (a stuck daemon)
         self.cond = threading.Condition()
         self.max_data_frame = 0
         self._stop = False
@@ -197,13 +200,22 @@ class FakeDaemon:
         elif op == "wait":
             oids = req["oids"]
             with self.cond:
+                if self.hang_waits:
+                    self.cond.wait_for(lambda: self._stop)
+                    return False
                 self.cond.wait_for(
                     lambda: self._stop or any(self.fetch_state.get(o) is not None for o in oids),
                     timeout=min(float(req["timeout"]), 10.0),
                 )
                 ready = [o for o in oids if self.fetch_state.get(o) == ""]
                 failed = {o: self.fetch_state[o] for o in oids if self.fetch_state.get(o)}
-            send(wire.Response({"ready": ready, "failed": failed}))
+                progress = {}
+                for o in oids:
+                    if o in self.fetch_state and self.fetch_state[o] is None:
+                        self.fetch_done[o] = self.fetch_done.get(o, 0) + self.progress_per_wait
+                        progress[o] = {"done": self.fetch_done[o], "total": len(self.objects.get(o, b"")),
+                                       "idle_seconds": 0.0}
+            send(wire.Response({"ready": ready, "failed": failed, "progress": progress}))
         elif op == "flush":
             send(wire.Progress({"done": 1, "total": 2}), wire.Progress({"done": 2, "total": 2}))
             send(wire.Response({"uploaded_bytes": 2, "objects": 1}))

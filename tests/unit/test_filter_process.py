@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import select
 import subprocess
 import sys
@@ -31,12 +32,13 @@ LFS_POINTER = (
 class Git:
     """Git's side of the pipes, with a FilterProcess running in a thread."""
 
-    def __init__(self, connect: Callable[[], DaemonClient]) -> None:
+    def __init__(self, connect: Callable[[], DaemonClient], fetch_timeout: float = 600.0) -> None:
         to_filter_r, self.to_filter = os.pipe()
         self.from_filter, from_filter_w = os.pipe()
         self.stderr = io.StringIO()
         self.filter = FilterProcess(
-            to_filter_r, from_filter_w, connect=connect, remote=lambda: REMOTE, stderr=self.stderr
+            to_filter_r, from_filter_w, connect=connect, remote=lambda: REMOTE, stderr=self.stderr,
+            fetch_timeout=lambda: fetch_timeout,
         )
         self.error: BaseException | None = None
         self.rc: int | None = None
@@ -182,8 +184,9 @@ def test_smudge_streams_verified_content(git: Git, daemon: FakeDaemon) -> None:
 
 
 def test_smudge_rejects_content_that_does_not_match_the_pointer(git: Git, daemon: FakeDaemon) -> None:
+    # The daemon verifies the SHA-256 (an ERROR before END); the filter checks the length.
     pointer = daemon.add(b"right")
-    daemon.objects[pointer.oid] = b"wrong"
+    daemon.objects[pointer.oid] = b"wrong!"
     status, _, trailer = git.request("smudge", "m.bin", pointer.to_bytes())
     assert status == "success" and trailer == ["status=error"]
     assert "does not match the pointer" in git.stderr.getvalue() and "m.bin" in git.stderr.getvalue()
@@ -262,6 +265,63 @@ def test_delayed_smudge_and_list_available_blobs(git: Git, daemon: FakeDaemon) -
     assert git.list_available() == []
     err = git.stderr.getvalue()
     assert "'c.bin'" in err and "not in the remote" in err and missing.oid in err
+
+
+def delayed_git(sock_path: str, fetch_timeout: float) -> Git:
+    g = Git(lambda: DaemonClient.connect(sock_path, autostart=False, timeout=5), fetch_timeout=fetch_timeout)
+    g.handshake()
+    return g
+
+
+def test_a_stalled_delayed_fetch_fails_after_fetch_timeout(daemon: FakeDaemon, sock_path: str) -> None:
+    git = delayed_git(sock_path, fetch_timeout=0.5)
+    stuck = daemon.add(b"never arrives" * 100, cached=False)
+    daemon.fetch_gate.clear()  # the fetch never finishes and never moves
+    assert git.request("smudge", "dir/model.bin", stuck.to_bytes(), **{"can-delay": "1"})[0] == "delayed"
+    start = time.monotonic()
+    assert git.list_available() == ["pathname=dir/model.bin"]  # announced, so git asks again
+    assert 0.4 < time.monotonic() - start < 5
+    assert git.request("smudge", "dir/model.bin", b"") == ("error", b"", [])
+    err = git.stderr.getvalue()
+    assert "'dir/model.bin'" in err and stuck.oid in err, err
+    assert re.search(r"no progress for 0\.[5-9] s \(0 of 1300 bytes fetched", err), err
+    assert "gitmld.fetchTimeout" in err
+    waits = [r for r in daemon.requests if r["op"] == "wait"]
+    assert waits and all(r["timeout"] <= 0.5 for r in waits)  # never waits past the deadline
+    assert [r["path"] for r in daemon.requests if r["op"] == "fetch"] == ["dir/model.bin"]
+    assert git.close() == 0
+
+
+def test_a_slow_but_moving_fetch_is_not_cut_off(daemon: FakeDaemon, sock_path: str) -> None:
+    git = delayed_git(sock_path, fetch_timeout=0.5)
+    slow = daemon.add(b"slow" * 1000, cached=False)
+    daemon.fetch_gate.clear()
+    daemon.progress_per_wait = 100  # the daemon's byte counter moves on every round
+    assert git.request("smudge", "slow.bin", slow.to_bytes(), **{"can-delay": "1"})[0] == "delayed"
+    git.write(fp.encode_request(fp.LIST_AVAILABLE_BLOBS))
+    wait_until(lambda: daemon.ops().count("wait") >= 5, timeout=20, what="several wait rounds")
+    assert not git.has_output()  # well past the 0.5 s deadline by wall time, but moving: still waiting
+    daemon.release_fetches()
+    assert git.text_list() == ["pathname=slow.bin"]
+    assert git.text_list() == ["status=success"]
+    assert git.request("smudge", "slow.bin", b"") == ("success", b"slow" * 1000, [])
+    assert git.stderr.getvalue() == ""
+    assert git.close() == 0
+
+
+def test_a_daemon_that_never_answers_wait_fails_the_files(
+        daemon: FakeDaemon, sock_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gitmld.client.filter_process.WAIT_GRACE", 0.3)
+    git = delayed_git(sock_path, fetch_timeout=0.5)
+    stuck = daemon.add(b"x" * 100, cached=False)
+    daemon.fetch_gate.clear()
+    daemon.hang_waits = True
+    assert git.request("smudge", "m.bin", stuck.to_bytes(), **{"can-delay": "1"})[0] == "delayed"
+    assert git.list_available() == ["pathname=m.bin"]
+    assert git.request("smudge", "m.bin", b"") == ("error", b"", [])
+    err = git.stderr.getvalue()
+    assert "'m.bin'" in err and stuck.oid in err and "no progress for" in err and "did not answer" in err, err
+    assert git.close() == 0
 
 
 def test_unavailable_daemon_fails_files_and_keeps_git_in_step(daemon: FakeDaemon) -> None:

@@ -193,3 +193,22 @@ def test_parse_entries_keeps_origins_and_bare_keys() -> None:
         gitconfig.Entry("gitmld.url", "s3://a/b", ".git/config"),
         gitconfig.Entry("gitmld.pathStyle", None, "command line:"),
     ]
+
+
+def test_fetch_timeout_defaults_and_comes_from_git_config_only(gitenv: Path) -> None:
+    assert gitconfig.load_fetch_timeout() == gitconfig.DEFAULT_FETCH_TIMEOUT == 600.0
+    write_committed(gitenv, "[gitmld]\n\tfetchTimeout = 5\n")  # the repository does not decide it
+    assert gitconfig.load_fetch_timeout() == 600.0
+    git("config", "gitmld.fetchTimeout", "2.5")
+    assert gitconfig.load_fetch_timeout() == 2.5
+    git("config", "gitmld.fetchTimeout", "0")
+    assert gitconfig.load_fetch_timeout() == 0.0  # no deadline
+    assert load_remote_config().url.startswith("file://")  # an unknown key to the remote config
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
+def test_bad_fetch_timeout_names_the_key(gitenv: Path, value: str) -> None:
+    git("config", "gitmld.fetchTimeout", value)
+    with pytest.raises(ConfigError, match=r"gitmld\.fetchTimeout") as info:
+        gitconfig.load_fetch_timeout()
+    assert repr(value) in str(info.value)

@@ -147,6 +147,26 @@ class RemoteContract:
         assert remote.stats.snapshot() is not remote.stats.snapshot()  # a copy, not a live view
 
 
+    async def test_put_file_reports_progress_as_parts_complete(self, make_remote: MakeRemote,
+                                                              tmp_path: Path) -> None:
+        remote = make_remote(multipart_threshold=5 * MiB, part_size=5 * MiB, concurrency=2)
+        src = tmp_path / "src"
+        random_file(src, 12 * MiB + 7)
+        seen: list[int] = []
+        await remote.put_file("big", src, progress=seen.append)
+        assert sum(seen) == 12 * MiB + 7
+        assert len(seen) >= 2 and all(0 < n <= 8 * MiB for n in seen)  # parts or steps, never per byte
+        await remote.put_file("small", src, progress=None)
+        assert await remote.get_range("small", 12 * MiB, 7) == src.read_bytes()[12 * MiB :]
+
+    async def test_probe_answers_whether_an_object_exists(self, remote: Remote) -> None:
+        await remote.put_bytes("config", b"c")
+        before = remote.stats.snapshot()
+        assert await remote.probe("config") is True
+        assert await remote.probe("no/such/object") is False
+        assert remote.stats.retries == before["retries"]
+
+
 class TestDirectoryRemote(RemoteContract):
     @pytest.fixture
     async def make_remote(self, tmp_dir_remote: str) -> AsyncIterator[MakeRemote]:
@@ -190,6 +210,12 @@ async def test_directory_failed_put_file_leaves_no_object_and_no_temp(
         await directory.put_file("x", tmp_path / "no-such-source")
     assert not await directory.exists("x")
     assert not [p for p in directory.root.rglob("*") if p.is_file()]
+
+
+async def test_directory_probe_of_a_missing_root_is_unavailable(directory: DirectoryRemote) -> None:
+    with pytest.raises(RemoteUnavailable, match="does not exist") as info:
+        await directory.probe("config")  # never written: the directory is not there (unmounted)
+    assert str(directory.root) in str(info.value)
 
 
 async def test_directory_creates_missing_parents_of_its_root(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gitmld.daemon.remote.base import Remote, open_remote
+from gitmld.daemon.remote.base import Progress, Remote, open_remote
 from gitmld.daemon.store import store as store_module
 from gitmld.daemon.store.store import ContentStore, StoreOptions
 from gitmld.proto.remote_config import RemoteConfig
@@ -77,14 +77,16 @@ class RecordingRemote:
         self.gets: list[str] = []
         self.put_files: list[str] = []
         self.upload_gate: asyncio.Event | None = None
+        self.range_gate: asyncio.Event | None = None  # ranged GETs after the first `ranges_before_gate` wait
+        self.ranges_before_gate = 0
 
     async def put_bytes(self, name: str, data: bytes) -> None:
         await self.inner.put_bytes(name, data)
 
-    async def put_file(self, name: str, path: Path) -> None:
+    async def put_file(self, name: str, path: Path, *, progress: Progress | None = None) -> None:
         if self.upload_gate is not None:
             await self.upload_gate.wait()
-        await self.inner.put_file(name, path)
+        await self.inner.put_file(name, path, progress=progress)
         self.put_files.append(name)
 
     async def get_bytes(self, name: str) -> bytes:
@@ -93,6 +95,8 @@ class RecordingRemote:
 
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
         self.ranges.append((name, offset, length))
+        if self.range_gate is not None and len(self.ranges) > self.ranges_before_gate:
+            await self.range_gate.wait()
         return await self.inner.get_range(name, offset, length)
 
     async def exists(self, name: str) -> bool:
@@ -103,6 +107,9 @@ class RecordingRemote:
 
     async def delete(self, name: str) -> None:
         await self.inner.delete(name)
+
+    async def probe(self, name: str) -> bool:
+        return await self.inner.probe(name)
 
     async def close(self) -> None:
         await self.inner.close()
