@@ -79,7 +79,7 @@ async def phase_store(a: dict[str, Any]) -> dict[str, Any]:
     from gitmld.proto.remote_config import RemoteConfig
 
     cfg = RemoteConfig(url=a["url"], endpoint=a["endpoint"], keyfile=a["keyfile"])
-    store = await ContentStore.open(cfg, Path(a["cache"]), options=StoreOptions())
+    store = await ContentStore.open(cfg, Path(a["cache"]), options=StoreOptions(**a.get("options", {})))
     out: dict[str, Any] = {}
     try:
         if a["op"] == "put":

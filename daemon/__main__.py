@@ -25,6 +25,22 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 50GiB, 512m)") from None
 
 
+def upload_policy(text: str) -> dict[str, int | None]:
+    """--upload-while-putting as StoreOptions overrides; empty: the store's default."""
+    value = text.strip().lower()
+    if not value:
+        return {}
+    if value == "unlimited":
+        return {"upload_while_putting": None}
+    try:
+        n = parse_size(value)
+    except argparse.ArgumentTypeError:
+        n = -1
+    if n < 0:
+        raise SystemExit(f"gitmld daemon: --upload-while-putting: not a size or 'unlimited': {text!r}")
+    return {"upload_while_putting": n}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gitmld daemon", description="Run the gitmld daemon in the foreground.")
     p.add_argument("--socket", type=Path, default=None, help="Unix socket path (default: GITMLD_SOCKET or XDG)")
@@ -34,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_size,
         default=parse_size(os.environ.get("GITMLD_CACHE_LIMIT", "50GiB")),
         help="host cache size limit; uploaded data beyond it is evicted LRU (default 50GiB)",
+    )
+    p.add_argument(
+        "--upload-while-putting",
+        default=os.environ.get("GITMLD_UPLOAD_WHILE_PUTTING", ""),
+        metavar="BYTES|unlimited",
+        help="background upload bytes allowed while a `git add` is storing a file (0: uploads wait until it"
+        " is done; default: 0 on machines with 2 CPUs or fewer, else unlimited)",
     )
     p.add_argument("--log-level", default=os.environ.get("GITMLD_LOG_LEVEL", "INFO"))
     p.add_argument("--version", action="version", version=f"gitmld-daemon {__version__}")
@@ -54,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         socket_path=args.socket or Path(paths.socket_path()),
         cache_dir=args.cache_dir or Path(paths.cache_dir()),
         cache_limit_bytes=args.cache_limit,
+        store_overrides=upload_policy(args.upload_while_putting),
     )
     try:
         import uvloop

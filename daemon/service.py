@@ -41,6 +41,7 @@ class DaemonSettings:
     cache_dir: Path
     cache_limit_bytes: int = 50 * 1024**3
     max_tensor_lines: int = 256
+    store_overrides: dict[str, Any] = field(default_factory=dict)  # StoreOptions fields (env, tests)
 
 
 @dataclass
@@ -119,7 +120,8 @@ class Service:
         async with lock:
             store = self._stores.get(key)
             if store is None:
-                options = StoreOptions(cache_limit_bytes=self.settings.cache_limit_bytes)
+                options = StoreOptions(cache_limit_bytes=self.settings.cache_limit_bytes,
+                                       **self.settings.store_overrides)
                 store = await ContentStore.open(config, self.settings.cache_dir, options=options)
                 self._stores[key] = store
                 self._store_configs[key] = config
@@ -423,3 +425,4 @@ def dir_bytes(root: Path) -> int:
             except OSError:
                 continue
     return total
+

@@ -65,6 +65,9 @@ class StoreOptions:
     put_batch_bytes: int = 2 << 20  # chunks per CPU-pool call
     put_in_flight_bytes: int = 16 << 20  # chunks between the chunker and the pack
     max_uploading: int = 32 << 20  # bytes of packs uploading at once (a remote may hold ~2-3 copies in RAM)
+    # background upload bytes allowed while a put runs (None: no limit, 0: uploads wait for
+    # the puts to end; a flush never waits). On 2 CPUs a put keeps both busy, so uploads wait.
+    upload_while_putting: int | None = 0 if (os.cpu_count() or 2) <= 2 else None
     fetch_segment_size: int = 64 << 20  # size of a host-cache segment of fetched chunks
     index_refresh_seconds: float = 300.0  # merge other hosts' new index segments this often (on put)
 
@@ -109,7 +112,8 @@ class ContentStore:
         self._hash_pool = ThreadPoolExecutor(2, "gitmld-hash")
         self._transfers = TransferBoard()  # uploads and downloads in flight, for status
         self._uploader = PackUploader(remote, cache.files.path, cache.db.is_queued, self._pack_uploaded,
-                                      config.concurrency, options.max_uploading, self._transfers)
+                                      config.concurrency, options.max_uploading, self._transfers,
+                                      while_putting=options.upload_while_putting)
         self._loop = asyncio.get_running_loop()
         cache.on_sealed = self._pack_sealed
         self._reader = ChunkReader(
@@ -202,7 +206,11 @@ class ContentStore:
             chunk_avg_size=self.repo.config.chunk_avg_size, level=self.config.compression_level,
             batch_bytes=self.options.put_batch_bytes, max_in_flight=self.options.put_in_flight_bytes,
             stats=self._put_stats)
-        outcome = await pipeline.run(stream)
+        self._uploader.putting(+1)
+        try:
+            outcome = await pipeline.run(stream)
+        finally:
+            self._uploader.putting(-1)
         m = outcome.manifest
         await self._io(self._cache.record_pending)  # the manifest may only name recorded chunks
         await self._io(self._cache.db.put_manifest, oid_bytes(m.oid), m.encode_plain(), uploaded=False)

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 class PackUploader:
     def __init__(self, remote: Remote, path_of: Callable[[bytes], Path], is_queued: Callable[[bytes], bool],
                  on_uploaded: Callable[[bytes], Awaitable[None]], concurrency: int, max_bytes: int,
-                 board: TransferBoard | None = None) -> None:
+                 board: TransferBoard | None = None, while_putting: int | None = None) -> None:
+        """while_putting: bytes of background uploads allowed while a put runs (None: no limit)."""
         self._remote = remote
         self._path_of = path_of
         self._is_queued = is_queued
@@ -38,6 +39,14 @@ class PackUploader:
         self._board = board if board is not None else TransferBoard()
         self._progress: dict[bytes, Transfer] = {}  # packs uploading now (slot and budget held)
         self.failures = 0
+        # Background uploads yield to puts: while a put runs they may hold at most
+        # `while_putting` bytes (0: none), so on a small machine the put gets the CPU and the
+        # uploads catch up after it. Packs a flush waits for are urgent and never wait here.
+        self.while_putting = while_putting
+        self._putting = 0
+        self._background_bytes = 0
+        self._urgent: set[bytes] = set()
+        self._admission_changed = asyncio.Event()
 
     def submit(self, pack_id: bytes) -> asyncio.Task[int]:
         """Upload pack_id unless an upload of it is already running; the task's result is
@@ -54,6 +63,9 @@ class PackUploader:
         """Submit (if needed) and wait for every pack; raise the first failure. on_done(pack
         id, bytes uploaded) as each finishes (flush progress)."""
         tasks = []
+        pack_ids = list(pack_ids)
+        self._urgent.update(pack_ids)
+        self._admission_changed.set()
         for pid in pack_ids:
             task = self.submit(pid)
             if on_done is not None:
@@ -77,6 +89,34 @@ class PackUploader:
             return 0  # uploaded meanwhile (a finished upload leaves no task behind)
         path = self._path_of(pack_id)
         size = path.stat().st_size
+        background = await self._admit(pack_id, size)
+        try:
+            return await self._upload_admitted(pack_id, path, size)
+        finally:
+            if background:
+                self._background_bytes -= size
+                self._admission_changed.set()
+
+    # -- yielding to puts -----------------------------------------------------------------
+    def putting(self, delta: int) -> None:
+        """A put started (+1) or ended (-1)."""
+        self._putting += delta
+        self._admission_changed.set()
+
+    async def _admit(self, pack_id: bytes, size: int) -> bool:
+        """Wait until this upload may start; True when it counts as background bytes."""
+        if self.while_putting is None:
+            return False
+        while not (pack_id in self._urgent or not self._putting
+                   or self._background_bytes + size <= self.while_putting):
+            self._admission_changed.clear()  # every waiter re-checks after each change
+            await self._admission_changed.wait()
+        if pack_id in self._urgent:
+            return False
+        self._background_bytes += size
+        return True
+
+    async def _upload_admitted(self, pack_id: bytes, path: Path, size: int) -> int:
         async with self._bytes.hold(size), self._slots:
             if not self._is_queued(pack_id):
                 return 0  # uploaded meanwhile (a finished upload leaves no task behind)
@@ -94,6 +134,7 @@ class PackUploader:
     def _finished(self, pack_id: bytes, task: asyncio.Task[int]) -> None:
         if self._tasks.get(pack_id) is task:
             del self._tasks[pack_id]
+            self._urgent.discard(pack_id)
         if task.cancelled():
             return
         exc = task.exception()  # retrieved here, so a background failure is never "unhandled"
