@@ -176,27 +176,7 @@ class DaemonClient:
         upload) and the exception propagates.
         """
         self._send(wire.Request({"op": "put", "remote": remote, "path": path}))
-        rejected: wire.Error | None = None
-        unpolled = 0
-        try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                self._send_data(view)
-                unpolled += len(view)
-                if unpolled >= _POLL_EVERY:
-                    unpolled = 0
-                    rejected = self._poll_upload()
-                    if rejected is not None:
-                        break
-        except DaemonError:
-            raise
-        except BaseException:
-            self._break()
-            raise
-        self._send(wire.End())
-        if rejected is not None:
-            raise DaemonError(rejected.code, rejected.message, rejected.object)
-        return self._await_response(None)
+        return self._upload_data(chunks)
 
     def get(self, remote: dict[str, Any], oid: str, size: int, path: str, *,
             offset: int | None = None, length: int | None = None) -> Iterator[bytes]:

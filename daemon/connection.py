@@ -197,13 +197,7 @@ class ServerConnection:
 
     async def send_data(self, data: bytes | memoryview) -> None:
         """Any length: framed here, written without copying the payload."""
-        try:
-            self.stream.writelines(self._conn.send_data(data))
-            await self.stream.drain()
-        except wire.WireError as e:
-            raise ProtocolViolation(f"daemon bug: {e}") from None
-        except (ConnectionError, OSError) as e:
-            raise ChannelClosed(str(e)) from None
+        await self._write(lambda: self._conn.send_data(data))
 
     async def end_data(self) -> None:
         await self._send(wire.End())
@@ -242,8 +236,12 @@ class ServerConnection:
             raise ChannelClosed(str(e)) from None
 
     async def _send(self, event: wire.Event) -> None:
+        await self._write(lambda: [self._conn.send(event)])
+
+    async def _write(self, frames: Callable[[], list[bytes | memoryview]]) -> None:
+        """Encode (checking the protocol state), write and drain, with errors translated."""
         try:
-            self.stream.write(self._conn.send(event))
+            self.stream.writelines(frames())
             await self.stream.drain()
         except wire.WireError as e:
             raise ProtocolViolation(f"daemon bug: {e}") from None

@@ -22,7 +22,7 @@ from gitmld.daemon.content_sample import StreamSample
 from gitmld.daemon.errors import classify
 from gitmld.daemon.reachability import Reachability
 from gitmld.daemon.store.progress import FlushProgress
-from gitmld.daemon.store.store import ContentStore, StoreOptions
+from gitmld.daemon.store.store import ContentStore, PutResult, StoreOptions
 from gitmld.proto import compose
 from gitmld.proto.pointer import Pointer
 from gitmld.proto.remote_config import RemoteConfig
@@ -160,6 +160,10 @@ class Service:
         except BaseException:
             await drain(incoming)
             raise
+        await self._answer_stored(ch, sample, result, path)
+
+    async def _answer_stored(self, ch: Channel, sample: StreamSample, result: PutResult, path: str) -> None:
+        """put's and compose's answer: the new object's pointer, with its description."""
         description = describe_content(sample, result.tensors, self.settings.max_tensor_lines, path)
         pointer = Pointer(oid=result.oid, size=result.size, description=description)
         await ch.respond({"oid": result.oid, "size": result.size, "pointer": pointer.to_text()})
@@ -218,9 +222,7 @@ class Service:
         except BaseException:
             await drain(incoming)
             raise
-        description = describe_content(sample, result.tensors, self.settings.max_tensor_lines, path)
-        pointer = Pointer(oid=result.oid, size=result.size, description=description)
-        await ch.respond({"oid": result.oid, "size": result.size, "pointer": pointer.to_text()})
+        await self._answer_stored(ch, sample, result, path)
 
     async def op_get(self, request: dict[str, Any], ch: Channel) -> None:
         """Stream an object's bytes, or with `offset` and `length` a range of them (only the

@@ -11,10 +11,11 @@ import math
 import struct
 from collections.abc import Mapping
 
+from gitmld.daemon.store.safetensors_layout import MAX_HEADER_LEN
+
 from .base import DescribeError, Line, Reader
 from .lines import TensorDesc, pairs, tensor_section, tensor_summary
 
-MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 DTYPE_BITS = {
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16,
     "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64, "U64": 64,
@@ -77,8 +78,8 @@ class SafetensorsDescriber:
         (n,) = struct.unpack("<Q", first)
         if n > reader.size - 8:
             raise DescribeError(f"safetensors header length {n} exceeds the file size {reader.size}")
-        if n > MAX_HEADER:
-            raise DescribeError(f"safetensors header length {n} exceeds {MAX_HEADER}")
+        if n > MAX_HEADER_LEN:
+            raise DescribeError(f"safetensors header length {n} exceeds {MAX_HEADER_LEN}")
         raw = reader.read(8, n)
         if len(raw) != n:
             raise DescribeError("truncated safetensors header")

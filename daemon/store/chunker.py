@@ -14,7 +14,7 @@ chunks. Cuts inside a tensor are rounded down to a multiple of its element size,
 chunk of a bf16/f16/f32 tensor holds whole values and the codec can group their bytes.
 
 Memory: the pending tail (< ``max_size`` + the last fed piece) and, while the header is being
-recognised, at most ``8 + N`` bytes with ``N <= MAX_HEADER_LEN`` (100 MiB, the safetensors
+recognised, at most ``8 + N`` bytes with ``N <= MAX_HEADER_LEN`` (10^8 bytes, the safetensors
 library's own limit; real headers are KiB).
 """
 

@@ -21,7 +21,7 @@ from typing import Any
 
 #: Largest header we are willing to buffer before chunking starts. The safetensors library
 #: refuses headers over 100 MB (``MAX_HEADER_SIZE``); real ones are tens to hundreds of KiB.
-MAX_HEADER_LEN = 100 * 1024 * 1024
+MAX_HEADER_LEN = 100_000_000  # the safetensors library's own limit (shared by every header reader here)
 
 #: Size in bits of one element of each known dtype (sub-byte dtypes are packed).
 DTYPE_BITS: dict[str, int] = {
@@ -93,7 +93,7 @@ def header_length(prefix: bytes | bytearray | memoryview) -> int | None:
     """``N`` from the first 8 bytes, or ``None`` when it cannot be a safetensors header.
 
     With a 9th byte the check is sharper: the JSON must start with ``{``. This lets the
-    chunker give up early instead of buffering up to 100 MiB of a file that is not safetensors.
+    chunker give up early instead of buffering up to 100 MB of a file that is not safetensors.
     """
     if len(prefix) < 8:
         return None
@@ -111,14 +111,15 @@ def parse_layout(head: bytes | bytearray | memoryview) -> SafetensorsLayout | No
     if n is None or len(head) < 8 + n:
         return None
     try:
-        doc = json.loads(bytes(head[8 : 8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
+        doc = json.loads(bytes(head[8 : 8 + n]).decode("utf-8"), object_pairs_hook=no_duplicate_keys)
         return _validate(n, doc)
     except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
         # ValueError covers JSONDecodeError, UnicodeDecodeError and our own rejections.
         return None
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object_pairs_hook: a key given twice is an error (ValueError), never a silent overwrite."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:

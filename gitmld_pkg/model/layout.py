@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-MAX_HEADER_LEN = 100_000_000  # the safetensors library's own limit
+from gitmld.daemon.store.safetensors_layout import MAX_HEADER_LEN, no_duplicate_keys
 
 #: Bytes per element of the dtypes whose elements are whole bytes (safetensors' names).
 DTYPE_SIZES: dict[str, int] = {
@@ -82,7 +82,7 @@ def parse_header(raw: bytes, size: int, what: str) -> Layout:
     """Validate the JSON header `raw` of a file of `size` bytes."""
     data_start = 8 + len(raw)
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise LayoutError(f"{what}: the safetensors header is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
@@ -118,15 +118,6 @@ def _entry(name: str, info: Any, data_start: int, size: int, what: str) -> Tenso
 
 def _count(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def build_header(tensors: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str] | None) -> bytes:

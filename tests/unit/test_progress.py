@@ -29,6 +29,7 @@ from tests.unit.test_store_support import (
     noise_bytes,
     open_store,
     record_remotes,
+    stored_in_remote,
     wait_until,
 )
 
@@ -161,12 +162,7 @@ async def test_flush_of_nothing_sends_no_progress(tmp_path: Path) -> None:
 async def test_wait_and_status_report_a_fetch_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = noise_bytes(12 * MiB, seed=8)
     cfg = config(tmp_path)
-    writer = await open_store(cfg, tmp_path / "writer")
-    try:
-        oid = (await writer.put(astream(data))).oid
-        await writer.flush()
-    finally:
-        await writer.close()
+    oid = await stored_in_remote(cfg, tmp_path / "writer", data)
     remotes = record_remotes(monkeypatch)
     service = new_service(tmp_path, "reader")
     remote = cfg.to_json()

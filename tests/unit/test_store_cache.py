@@ -19,6 +19,7 @@ from tests.unit.test_store_support import (
     read_all,
     record_remotes,
     remote_files,
+    stored_in_remote,
     wait_until,
 )
 
@@ -80,12 +81,7 @@ async def test_eviction_of_fetched_segments_is_lru(tmp_path: Path) -> None:
 async def test_single_flight_for_concurrent_cold_readers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = model_bytes(tmp_path, layers=6)
     cfg = config(tmp_path)
-    writer = await open_store(cfg, tmp_path / "writer")
-    try:
-        oid = (await writer.put(astream(data))).oid
-        await writer.flush()
-    finally:
-        await writer.close()
+    oid = await stored_in_remote(cfg, tmp_path / "writer", data)
 
     remotes = record_remotes(monkeypatch)
     reader = await open_store(cfg, tmp_path / "reader", read_ahead=4 * MiB, max_range=MiB)
@@ -112,12 +108,7 @@ async def test_single_flight_for_concurrent_cold_readers(tmp_path: Path, monkeyp
 async def test_concurrent_fetch_of_one_oid_is_single_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = noise_bytes(4 * MiB, seed=31)
     cfg = config(tmp_path)
-    writer = await open_store(cfg, tmp_path / "writer")
-    try:
-        oid = (await writer.put(astream(data))).oid
-        await writer.flush()
-    finally:
-        await writer.close()
+    oid = await stored_in_remote(cfg, tmp_path / "writer", data)
     remotes = record_remotes(monkeypatch)
     reader = await open_store(cfg, tmp_path / "reader")
     try:

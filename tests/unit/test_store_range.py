@@ -18,6 +18,7 @@ from tests.unit.test_store_support import (
     model_bytes,
     noise_bytes,
     open_store,
+    stored_in_remote,
 )
 
 
@@ -101,12 +102,7 @@ async def test_out_of_bounds_and_bad_ranges_fail_before_any_byte(tmp_path: Path)
 async def test_cold_range_fetches_only_the_chunks_it_needs(tmp_path: Path) -> None:
     data = model_bytes(tmp_path, layers=4, hidden=512)  # ~9 MiB
     cfg = config(tmp_path)
-    store = await open_store(cfg, tmp_path / "cache1")
-    try:
-        oid = (await store.put(astream(data))).oid
-        await store.flush()
-    finally:
-        await store.close()
+    oid = await stored_in_remote(cfg, tmp_path / "cache1", data)
     cold = await open_store(cfg, tmp_path / "cache2")
     try:
         edges = await chunk_edges(cold, oid)

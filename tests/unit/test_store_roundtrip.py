@@ -17,6 +17,7 @@ from tests.unit.test_store_support import (
     open_store,
     read_all,
     remote_files,
+    stored_in_remote,
     wait_until,
 )
 
@@ -177,12 +178,7 @@ async def test_missing_and_malformed_oids(tmp_path: Path) -> None:
 async def test_fetch_fills_the_cache(tmp_path: Path) -> None:
     data = model_bytes(tmp_path)
     cfg = config(tmp_path)
-    store = await open_store(cfg, tmp_path / "a")
-    try:
-        oid = (await store.put(astream(data))).oid
-        await store.flush()
-    finally:
-        await store.close()
+    oid = await stored_in_remote(cfg, tmp_path / "a", data)
     cold = await open_store(cfg, tmp_path / "b")
     try:
         await cold.fetch(oid)

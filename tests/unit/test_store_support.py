@@ -62,6 +62,17 @@ def config(tmp_path: Path, **kw: Any) -> RemoteConfig:
     return RemoteConfig(url=(tmp_path / "remote").as_uri(), **kw)
 
 
+async def stored_in_remote(cfg: RemoteConfig, cache: Path, data: bytes) -> str:
+    """Put data through a store with its own cache, flush, close: the oid, durable in the remote."""
+    store = await open_store(cfg, cache)
+    try:
+        oid = (await store.put(astream(data))).oid
+        await store.flush()
+    finally:
+        await store.close()
+    return oid
+
+
 async def open_store(cfg: RemoteConfig, cache: Path, **opts: Any) -> ContentStore:
     return await ContentStore.open(cfg, cache, options=StoreOptions(**opts))
 

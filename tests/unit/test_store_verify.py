@@ -17,6 +17,7 @@ from tests.unit.test_store_support import (
     open_store,
     read_all,
     remote_files,
+    stored_in_remote,
 )
 
 
@@ -30,12 +31,7 @@ def flip(path: Path, offset: int) -> None:
 
 async def put_and_flush(tmp_path: Path) -> tuple[str, bytes]:
     data = model_bytes(tmp_path)
-    store = await open_store(config(tmp_path), tmp_path / "writer")
-    try:
-        oid = (await store.put(astream(data))).oid
-        await store.flush()
-    finally:
-        await store.close()
+    oid = await stored_in_remote(config(tmp_path), tmp_path / "writer", data)
     return oid, data
 
 
