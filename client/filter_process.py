@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from gitmld.client.daemon_client import DaemonClient, DaemonError
+from gitmld.client.daemon_client import DaemonClient, DaemonError, DaemonUnavailable
 from gitmld.proto import filter_protocol as fp
 from gitmld.proto.pointer import (
     MAX_POINTER_SIZE,
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 READ_SIZE = 1 << 20
 PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size; git's 64 KiB pipes cost a syscall per pkt-line
 WAIT_TIMEOUT = 30.0  # one `wait` round trip; list_available_blobs loops until something is ready
+SHORT_WAIT = 0.2  # first `wait` rounds: time for small fetches to complete, or for a large one to move
+SHORT_WAITS = 50  # short rounds before falling back to WAIT_TIMEOUT (a fetch that has not moved in 10 s)
 WAIT_GRACE = 10.0  # beyond the fetch deadline, how long a `wait` answer may take before the daemon counts as stuck
 DEFAULT_FETCH_TIMEOUT = 600.0  # gitmld.fetchTimeout: seconds without progress before delayed files fail
 SPOOL_MEMORY = 8 << 20  # pass-through smudge content beyond this goes to a temp file
@@ -54,12 +56,13 @@ class FileFailed(Exception):
 class _Delayed:
     """A smudge answered status=delayed: what it needs, and what the daemon said since."""
 
-    __slots__ = ("announced", "done", "failure", "path", "pointer", "ready", "total")
+    __slots__ = ("announced", "done", "failure", "path", "pointer", "ready", "streaming", "total")
 
     def __init__(self, path: str, pointer: Pointer) -> None:
         self.path = path
         self.pointer = pointer
         self.ready = False
+        self.streaming = False  # handed back before its fetch completed: read as it arrives
         self.failure: str | None = None
         self.announced = False  # listed in a list_available_blobs answer
         self.done = 0  # bytes of its fetch the daemon last reported
@@ -200,6 +203,8 @@ class FilterProcess:
                     self._write(self._proto.respond_success(b""))
                 elif delayed.failure is not None:
                     raise FileFailed(delayed.failure, delayed.pointer.oid)
+                elif delayed.streaming:
+                    self._stream_delayed(delayed)
                 else:
                     self._send_object(path, delayed.pointer)
                 return
@@ -246,9 +251,34 @@ class FilterProcess:
         answer = self._daemon().request("has", remote=self._get_remote(), oid=pointer.oid, local=True)
         return bool(answer.get("present"))
 
-    def _send_object(self, path: str, pointer: Pointer) -> None:
+    def _stream_delayed(self, d: _Delayed) -> None:
+        """Smudge a file whose fetch is still running: no bytes for gitmld.fetchTimeout seconds
+        fail it as a stalled fetch would."""
+        limit = self._fetch_timeout or 0.0
+
+        def stalled(exc: Exception) -> FileFailed:
+            return FileFailed(
+                f"no progress for {_seconds(limit)} s while streaming it (gitmld.fetchTimeout is {limit:g} s): the"
+                f" remote or the daemon is stuck ({exc}); see `gitmld status`, then check the file out again"
+                f" (`git checkout -- '{d.path}'`)", d.pointer.oid)
+
+        client = self._daemon()
+        client.set_timeout(limit or None)
+        try:
+            self._send_object(d.path, d.pointer, stalled if limit else None)
+        except DaemonUnavailable as exc:
+            if not limit:
+                raise
+            raise stalled(exc) from None
+        finally:
+            if client.connected:
+                client.set_timeout(None)
+
+    def _send_object(self, path: str, pointer: Pointer,
+                     stalled: Callable[[Exception], FileFailed] | None = None) -> None:
         """Stream the object. The daemon verifies every chunk and, before its END, the whole
-        file's SHA-256 against the oid (an ERROR otherwise); here the length is checked."""
+        file's SHA-256 against the oid (an ERROR otherwise); here the length is checked.
+        stalled: what a lost connection means (a timeout while streaming a running fetch)."""
         stream = self._daemon().get(self._get_remote(), pointer.oid, pointer.size, path)
         self._write(self._proto.start_success())
         size = 0
@@ -259,6 +289,8 @@ class FilterProcess:
             if size != pointer.size:
                 raise FileFailed(f"content from the daemon does not match the pointer ({size} bytes)", pointer.oid)
         except (DaemonError, FileFailed) as exc:
+            if stalled is not None and isinstance(exc, DaemonUnavailable):
+                exc = stalled(exc)
             self._report("smudge", path, exc, pointer.oid)
             self._write(self._proto.finish_content(ok=False))
             return
@@ -281,8 +313,14 @@ class FilterProcess:
         waiting = {p: d for p, d in self._delayed.items() if not d.announced}
         done: list[str] = []
         try:
+            polls = 0
             while waiting and not (done := [p for p, d in waiting.items() if d.ready or d.failure]):
-                self._wait_round(waiting.values())
+                if polls and (head := self._stream_head(waiting.values())) is not None:
+                    done = [head.path]
+                    break
+                # short rounds until a fetch moves (then its file streams), long ones after that
+                self._wait_round(waiting.values(), SHORT_WAIT if polls < SHORT_WAITS else None)
+                polls += 1
         except (DaemonError, FileFailed) as exc:
             idle = time.monotonic() - self._last_progress
             limit = self._fetch_timeout or 0.0
@@ -297,18 +335,30 @@ class FilterProcess:
             waiting[path].announced = True
         self._write(self._proto.respond_available_blobs(done))
 
-    def _wait_round(self, waiting: Iterable[_Delayed]) -> None:
+    def _stream_head(self, waiting: Iterable[_Delayed]) -> _Delayed | None:
+        """When no delayed file is complete, hand git the one whose fetch is furthest along (a
+        large file): its smudge then streams the bytes as the fetch brings them (the daemon
+        shares the chunks in flight), so Git writes it while the fetches of all the delayed
+        files go on, instead of waiting for a whole file first. None while nothing has moved."""
+        pending = [d for d in waiting if not d.ready and d.failure is None]
+        head = max(pending, key=lambda d: d.done / max(d.total, 1), default=None)
+        if head is None or head.done <= 0:
+            return None
+        head.ready = head.streaming = True
+        return head
+
+    def _wait_round(self, waiting: Iterable[_Delayed], timeout: float | None = None) -> None:
         """One `wait`; afterwards either something finished, or the deadline was checked."""
         pending = [d for d in waiting if not d.ready and d.failure is None]
         oids = sorted({d.pointer.oid for d in pending})
         limit = self._fetch_timeout or 0.0
-        timeout = WAIT_TIMEOUT
+        timeout = timeout or WAIT_TIMEOUT
         if limit:
             remaining = self._last_progress + limit - time.monotonic()
             if remaining <= 0:
                 self._stalled(pending, limit)
                 return
-            timeout = min(WAIT_TIMEOUT, remaining)
+            timeout = min(timeout, remaining)
         client = self._daemon()
         # A daemon that does not answer at all (stuck) fails the files once the deadline is past.
         client.set_timeout(timeout + WAIT_GRACE if limit else None)
