@@ -317,14 +317,16 @@ class Service:
     async def op_status(self, request: dict[str, Any], ch: Channel) -> None:
         """Probe the remotes (cached for a few seconds, bounded by a short timeout), then answer."""
         await self._reachability.refresh({key: store.probe_remote for key, store in self._stores.items()})
-        await ch.respond(self.status())
+        # walking a large cache directory takes a while: not on the event loop, which serves checkouts
+        cache_bytes = await asyncio.to_thread(dir_bytes, self.settings.cache_dir)
+        await ch.respond(self.status(cache_bytes))
 
     async def op_shutdown(self, request: dict[str, Any], ch: Channel) -> None:
         await ch.respond({})
         self.shutdown_requested.set()
 
-    def status(self) -> dict[str, Any]:
-        """The status document behind `gitmld status --json`."""
+    def status(self, cache_bytes: int | None = None) -> dict[str, Any]:
+        """The status document behind `gitmld status --json` (cache_bytes: measured by the caller)."""
         remotes = []
         transfers = []
         for key, store in self._stores.items():
@@ -338,7 +340,7 @@ class Service:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "socket": str(self.settings.socket_path),
             "cache_dir": str(self.settings.cache_dir),
-            "cache_bytes": dir_bytes(self.settings.cache_dir),
+            "cache_bytes": dir_bytes(self.settings.cache_dir) if cache_bytes is None else cache_bytes,
             "cache_limit_bytes": self.settings.cache_limit_bytes,
             "connections": self.connections,
             "requests_served": self.requests_served,
