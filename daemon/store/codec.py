@@ -295,8 +295,7 @@ def _decode_grouped(body: memoryview, size: int) -> bytes:
     n = size // k
     pos = 1 + 5 * k
     dtype = _PLANE_DTYPES[k]
-    out = np.zeros(n, dtype=dtype)
-    wide = np.empty(n, dtype=dtype)  # one scratch array, reused per plane (no temporaries)
+    planes = []
     for i in range(k):
         mode, stored = struct.unpack_from("<BI", body, 1 + 5 * i)
         payload = body[pos : pos + stored]
@@ -306,15 +305,16 @@ def _decode_grouped(body: memoryview, size: int) -> bytes:
         if mode == _PLANE_RAW:
             if stored != n:
                 raise ValueError(f"raw plane {i} has {stored} bytes, expected {n}")
-            plane = np.frombuffer(payload, dtype=np.uint8)
+            planes.append(np.frombuffer(payload, dtype=np.uint8))
         elif mode == _PLANE_ZSTD:
-            plane = np.frombuffer(_unzstd(payload, n), dtype=np.uint8)
+            planes.append(np.frombuffer(_unzstd(payload, n), dtype=np.uint8))
         else:
             raise ValueError(f"unknown plane mode {mode}")
-        np.copyto(wide, plane, casting="safe")
-        if i:
-            np.left_shift(wide, 8 * i, out=wide)
-        np.bitwise_or(out, wide, out=out)
+    # Horner from the top plane down, in place: one array, no temporaries
+    out = planes[-1].astype(dtype)
+    for plane in reversed(planes[:-1]):
+        out <<= 8
+        out |= plane
     if pos != len(body):
         raise ValueError(f"{len(body) - pos} trailing bytes after the planes")
     return out.tobytes()
