@@ -730,23 +730,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
     require_top()
     revs, path = split_diff_args(args.args)
     path = os.path.relpath(path) if os.path.isabs(path) else path  # git's REV:./PATH is relative to cwd
-    from gitmld.model import diff  # numpy: only this command pays for it
-
-    sys.stdout.write(diff.run(revs, path, as_json=args.json, connect=connect))
-    return 0
+    exec_model(["diff", *(["--json"] if args.json else []), "--", path, *revs])
 
 
 def cmd_merge_driver(args: argparse.Namespace) -> int:
-    from gitmld.model import merge
+    strategy = ["--strategy", args.strategy] if args.strategy else []
+    exec_model(["merge-driver", *strategy, "--", str(args.base), str(args.ours), str(args.theirs), args.path])
 
-    try:
-        return merge.merge(args.base, args.ours, args.theirs, args.path, strategy=args.strategy, connect=connect)
-    except Exception as e:
-        if not isinstance(e, expected_errors()):
-            raise
-        # Any failure is a conflict for Git (%A still holds our pointer), never a half-merge.
-        print(f"gitmld: cannot merge {args.path}: {e}", file=sys.stderr)
-        return 1
+
+def exec_model(argv: Sequence[str]) -> NoReturn:
+    """Replace this process with `python -m gitmld.model` (numpy: only these commands load it)."""
+    os.execv(sys.executable, [sys.executable, "-m", "gitmld.model", *argv])
 
 
 # -- pointer-textconv / version -------------------------------------------------------------------

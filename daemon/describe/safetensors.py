@@ -11,7 +11,7 @@ import math
 import struct
 from collections.abc import Mapping
 
-from gitmld.daemon.store.safetensors_layout import MAX_HEADER_LEN
+from gitmld.proto.safetensors_header import MAX_HEADER_LEN
 
 from .base import DescribeError, Line, Reader
 from .lines import TensorDesc, pairs, tensor_section, tensor_summary

@@ -17,11 +17,10 @@ import itertools
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
 
-#: Largest header we are willing to buffer before chunking starts. The safetensors library
-#: refuses headers over 100 MB (``MAX_HEADER_SIZE``); real ones are tens to hundreds of KiB.
-MAX_HEADER_LEN = 100_000_000  # the safetensors library's own limit (shared by every header reader here)
+# MAX_HEADER_LEN is also the largest header buffered before chunking starts: the safetensors
+# library refuses headers over 100 MB (``MAX_HEADER_SIZE``); real ones are tens to hundreds of KiB.
+from gitmld.proto.safetensors_header import MAX_HEADER_LEN, no_duplicate_keys
 
 #: Size in bits of one element of each known dtype (sub-byte dtypes are packed).
 DTYPE_BITS: dict[str, int] = {
@@ -116,16 +115,6 @@ def parse_layout(head: bytes | bytearray | memoryview) -> SafetensorsLayout | No
     except (ValueError, TypeError, KeyError, RecursionError, OverflowError):
         # ValueError covers JSONDecodeError, UnicodeDecodeError and our own rejections.
         return None
-
-
-def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json object_pairs_hook: a key given twice is an error (ValueError), never a silent overwrite."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _is_int(x: object) -> bool:

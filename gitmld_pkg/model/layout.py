@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gitmld.daemon.store.safetensors_layout import MAX_HEADER_LEN, no_duplicate_keys
+from gitmld.proto.safetensors_header import MAX_HEADER_LEN, no_duplicate_keys
 
 #: Bytes per element of the dtypes whose elements are whole bytes (safetensors' names).
 DTYPE_SIZES: dict[str, int] = {
