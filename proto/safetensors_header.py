@@ -13,6 +13,6 @@ def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"the header repeats the key {key[:64]!r}")  # a hostile key may be megabytes long
         out[key] = value
     return out

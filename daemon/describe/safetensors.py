@@ -11,7 +11,7 @@ import math
 import struct
 from collections.abc import Mapping
 
-from gitmld.proto.safetensors_header import MAX_HEADER_LEN
+from gitmld.proto.safetensors_header import MAX_HEADER_LEN, no_duplicate_keys
 
 from .base import DescribeError, Line, Reader
 from .lines import TensorDesc, pairs, tensor_section, tensor_summary
@@ -21,15 +21,6 @@ DTYPE_BITS = {
     "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64, "U64": 64,
     "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }  # fmt: skip
-
-
-def _no_duplicates(items: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in items:
-        if key in out:
-            raise DescribeError(f"safetensors header repeats the key {key[:64]!r}")
-        out[key] = value
-    return out
 
 
 def _tensor(name: str, entry: object, data_size: int) -> tuple[TensorDesc, bool]:
@@ -84,9 +75,9 @@ class SafetensorsDescriber:
         if len(raw) != n:
             raise DescribeError("truncated safetensors header")
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise DescribeError(f"safetensors header is not JSON ({type(exc).__name__})") from None
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
+        except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, or a key given twice
+            raise DescribeError(f"safetensors header is not JSON ({str(exc)[:100]})") from None
         if not isinstance(header, dict):
             raise DescribeError("safetensors header is not a JSON object")
         metadata = header.pop("__metadata__", None)
