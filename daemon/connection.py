@@ -100,11 +100,6 @@ class SocketStream(asyncio.BufferedProtocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def write(self, data: bytes) -> None:
-        if self.lost is not None or self.transport is None or self.transport.is_closing():
-            raise ConnectionResetError("connection closed")
-        self.transport.write(data)
-
     def writelines(self, parts: list[bytes | memoryview]) -> None:
         if self.lost is not None or self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("connection closed")
@@ -165,7 +160,7 @@ class ServerConnection:
         except ProtocolViolation as e:
             log.warning("protocol error from %s: %s", self.peer, e)
             with contextlib.suppress(Exception):
-                self.stream.write(wire.encode_error("protocol", f"wire protocol violation: {e}"))
+                self.stream.writelines([wire.encode_error("protocol", f"wire protocol violation: {e}")])
                 await self.stream.drain()
         except ChannelClosed as e:
             log.debug("connection from %s closed: %s", self.peer, e)

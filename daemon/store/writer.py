@@ -118,7 +118,7 @@ class PutPipeline:
             await appender
             if hashing is not None:
                 await hashing
-            await self._run_hash(hash_stream, None, b"", chunker.take_digest_work())
+            await self._run_hash(hash_stream, hasher, b"", chunker.take_digest_work())
         except BaseException:
             appender.cancel()
             await asyncio.gather(appender, return_exceptions=True)
@@ -187,8 +187,7 @@ class _Batches:
 def hash_stream(hasher: Any, buf: bytes, digest_work: list[tuple[Any, memoryview]]) -> None:
     """Hash thread: the whole-file SHA-256 and the tensors' digests (hashlib and BLAKE3 release
     the GIL on large buffers, so this runs beside the chunker and the encoders)."""
-    if hasher is not None:
-        hasher.update(buf)
+    hasher.update(buf)
     for h, piece in digest_work:
         h.update(piece)
 
