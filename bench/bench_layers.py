@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -28,11 +29,27 @@ from gitmld.client.daemon_client import DaemonClient  # noqa: E402
 from tests.integration.gitenv import GitEnv  # noqa: E402
 
 
-def timed(label: str, fn, size: int) -> float:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of the finished children (git and the filter process git started)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(label: str, fn, size: int, daemon_pid: int) -> float:
+    d0, c0, s0 = process_cpu(daemon_pid), children_cpu(), resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     fn()
     dt = time.perf_counter() - t0
-    print(f"| {label} | {dt:.2f} s | {size / dt / 1e6:.0f} MB/s |", flush=True)
+    s1 = resource.getrusage(resource.RUSAGE_SELF)
+    mine = s1.ru_utime + s1.ru_stime - s0.ru_utime - s0.ru_stime
+    print(f"| {label} | {dt:.2f} s | {size / dt / 1e6:.0f} MB/s | {process_cpu(daemon_pid) - d0:.2f} s"
+          f" | {children_cpu() - c0 + mine:.2f} s |", flush=True)
     return dt
 
 
@@ -44,12 +61,13 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gitmld-layers-"))
     genv = GitEnv.create(root / "u")
     os.environ.update({k: v for k, v in genv.env.items() if k.startswith(("GITMLD_", "XDG_", "HOME"))})
-    genv.start_daemon()
+    pid = genv.start_daemon().pid
     try:
         remote_url = (root / "remote").as_uri()
         work = genv.new_repo("w", remote_url, None)
         remote = {"url": remote_url}
-        print(f"{args.model.name}: {size} bytes\n\n| layer | time | rate |\n|---|---|---|")
+        print(f"{args.model.name}: {size} bytes\n\n| layer | time | rate | daemon CPU"
+              " | client CPU (git, filter or this process) |\n|---|---|---|---|---|")
 
         def put() -> None:
             client = DaemonClient.connect(autostart=False)
@@ -57,9 +75,9 @@ def main() -> None:
                 client.put(remote, "x.safetensors", iter(lambda: f.read(1 << 20), b""))
             client.close()
 
-        timed("put via socket (cold cache)", put, size)
+        timed("put via socket (cold cache)", put, size, pid)
         shutil.copy(args.model, work / "model.safetensors")
-        timed("git add (chunks already stored)", lambda: genv.git("add", "model.safetensors", cwd=work), size)
+        timed("git add (chunks already stored)", lambda: genv.git("add", "model.safetensors", cwd=work), size, pid)
         genv.git("commit", "-q", "-m", "m", cwd=work)
         oid = "sha256:" + genv.git("show", "HEAD:model.safetensors", cwd=work).stdout.decode().split("sha256:")[1][:64]
 
@@ -69,9 +87,9 @@ def main() -> None:
             client.close()
             assert n == size, n
 
-        timed("get via socket (warm cache)", get, size)
+        timed("get via socket (warm cache)", get, size, pid)
         genv.git("push", "-q", "origin", "main", cwd=work)
-        timed("git clone (warm cache)", lambda: genv.clone(work, root / "c"), size)
+        timed("git clone (warm cache)", lambda: genv.clone(work, root / "c"), size, pid)
     finally:
         genv.stop_daemon()
         subprocess.run(["rm", "-rf", str(root)], check=False)
