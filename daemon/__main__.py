@@ -12,6 +12,10 @@ from pathlib import Path
 from gitmld.proto import paths
 from gitmld.proto.version import __version__
 
+# numpy (byte planes) loads OpenBLAS, whose idle worker threads spin on the cores the daemon's
+# own threads need; it does no linear algebra here. Set before anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 def parse_size(text: str) -> int:
     """'50GiB', '512m', '1000000' -> bytes."""
