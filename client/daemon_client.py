@@ -199,6 +199,21 @@ class DaemonClient:
             raise DaemonError("protocol", f"daemon answered get with a bad size {announced!r}", oid)
         return self._download(oid, announced)
 
+    def check_pipe(self, fd: int) -> None:
+        """DaemonError unless the daemon can write into pipe `fd` of this process (get_into_pipe)."""
+        self.request("pipe_check", pipe=_pipe_id(fd))
+
+    def get_into_pipe(self, remote: dict[str, Any], oid: str, size: int, path: str, fd: int) -> int:
+        """Have the daemon write the object as Git data pkt-lines straight into pipe `fd` (the
+        filter's stdout; daemon/pipe_sink.py); returns the content bytes it wrote, all verified.
+        A DaemonError means it stopped after whole packets; DaemonUnavailable (the daemon is
+        gone) means the pipe may end inside a packet."""
+        answer = self.request("get_pipe", remote=remote, oid=oid, size=size, path=path, pipe=_pipe_id(fd))
+        written = answer.get("size")
+        if not isinstance(written, int) or isinstance(written, bool):
+            raise DaemonError("protocol", f"daemon answered get_pipe with a bad size {written!r}", oid)
+        return written
+
     def compose(self, remote: dict[str, Any], path: str, parts: list[dict[str, Any]],
                 inline: Iterable[bytes]) -> dict[str, Any]:
         """Store a new file made of `parts` (proto/compose.py): ranges of stored files, which the
@@ -456,3 +471,8 @@ def _tail(path: Path, limit: int = 600) -> str:
             return f.read().decode("utf-8", "replace").strip().replace("\n", " | ")
     except OSError:
         return "(no log)"
+
+
+def _pipe_id(fd: int) -> dict[str, int]:
+    st = os.fstat(fd)
+    return {"dev": st.st_dev, "ino": st.st_ino}

@@ -11,6 +11,7 @@ makes it discard what it got.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,8 +43,13 @@ SHORT_WAIT = 0.2  # first `wait` rounds: time for small fetches to complete, or 
 SHORT_WAITS = 50  # short rounds before falling back to WAIT_TIMEOUT (a fetch that has not moved in 10 s)
 WAIT_GRACE = 10.0  # beyond the fetch deadline, how long a `wait` answer may take before the daemon counts as stuck
 DEFAULT_FETCH_TIMEOUT = 600.0  # gitmld.fetchTimeout: seconds without progress before delayed files fail
+NO_DIRECT_ENV = "GITMLD_NO_DIRECT_SMUDGE"  # set: smudged content comes through this process
 SPOOL_MEMORY = 8 << 20  # pass-through smudge content beyond this goes to a temp file
 
+
+
+class OutputBroken(Exception):
+    """Our stdout may end inside a pkt-line: the filter must exit, so that Git fails the file."""
 
 class FileFailed(Exception):
     """This file cannot be filtered; the message names the cause (the path is added on report)."""
@@ -103,6 +109,7 @@ class FilterProcess:
         remote: Callable[[], Remote] = _default_remote,
         fetch_timeout: Callable[[], float] = _default_fetch_timeout,
         stderr: IO[str] | None = None,
+        direct: bool | None = None,
     ) -> None:
         self._in = in_fd
         self._out = out_fd
@@ -118,6 +125,7 @@ class FilterProcess:
         self._load_fetch_timeout = fetch_timeout
         self._fetch_timeout: float | None = None  # read from git config on the first delay
         self._last_progress = 0.0  # monotonic: the last delay, or the last time a pending fetch moved
+        self._direct = direct  # the daemon writes smudged content into our stdout (None: find out)
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -279,6 +287,9 @@ class FilterProcess:
         """Stream the object. The daemon verifies every chunk and, before its END, the whole
         file's SHA-256 against the oid (an ERROR otherwise); here the length is checked.
         stalled: what a lost connection means (a timeout while streaming a running fetch)."""
+        if self._direct_smudge():
+            self._send_object_direct(path, pointer, stalled)
+            return
         stream = self._daemon().get(self._get_remote(), pointer.oid, pointer.size, path)
         self._write(self._proto.start_success())
         size = 0
@@ -295,6 +306,43 @@ class FilterProcess:
             self._write(self._proto.finish_content(ok=False))
             return
         self._write(self._proto.finish_content())
+
+    def _send_object_direct(self, path: str, pointer: Pointer,
+                            stalled: Callable[[Exception], FileFailed] | None) -> None:
+        """The daemon writes the content packets into our stdout itself (daemon/pipe_sink.py);
+        the status lines around them stay ours. It stops after whole packets on an error, so
+        status=error can follow; if it dies instead, Git may hold half a packet, and only our
+        exit (Git then fails the file: the filter is required) ends that cleanly."""
+        remote = self._get_remote()
+        client = self._daemon()
+        self._write(self._proto.start_success())
+        try:
+            written = client.get_into_pipe(remote, pointer.oid, pointer.size, path, self._out)
+            if written != pointer.size:
+                raise FileFailed(f"content from the daemon does not match the pointer ({written} bytes)", pointer.oid)
+        except DaemonUnavailable as exc:
+            failure: Exception = stalled(exc) if stalled is not None else exc
+            self._report("smudge", path, failure, pointer.oid)
+            raise OutputBroken(f"gitmld filter-process: stopping, the daemon left '{path}' half written") from exc
+        except (DaemonError, FileFailed) as exc:
+            self._report("smudge", path, exc, pointer.oid)
+            self._write(self._proto.finish_content(ok=False))
+            return
+        self._write(self._proto.finish_content())
+
+    def _direct_smudge(self) -> bool:
+        """Whether the daemon may write smudged content into our stdout: a pipe (as when Git
+        runs us), the daemon agrees (it can open the pipe), and GITMLD_NO_DIRECT_SMUDGE is unset."""
+        if self._direct is None:
+            self._direct = False
+            if not os.environ.get(NO_DIRECT_ENV):
+                try:
+                    if stat.S_ISFIFO(os.fstat(self._out).st_mode):
+                        self._daemon().check_pipe(self._out)
+                        self._direct = True
+                except (OSError, DaemonError):
+                    pass
+        return self._direct
 
     def _pass_through_file(self, spool: IO[bytes]) -> None:
         spool.seek(0)
@@ -532,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
         return FilterProcess().run()
     except fp.FilterProtocolError as exc:
         sys.stderr.write(f"gitmld filter-process: protocol error talking to git: {exc}\n")
+        return 1
+    except OutputBroken as exc:
+        sys.stderr.write(f"{exc}\n")
         return 1
     except BrokenPipeError:
         return 1  # git went away; nothing to tell it

@@ -14,12 +14,17 @@ class Channel(Protocol):
     """One client connection, as seen by the handler of its current request."""
 
     peer: str
+    peer_pid: int  # from SO_PEERCRED; -1 when unknown
 
     def incoming_data(self) -> AsyncIterator[bytes]:
         """DATA payloads the client sends after its request, until END."""
         ...
 
     async def respond(self, payload: dict[str, Any]) -> None: ...
+
+    async def peer_gone(self) -> None:
+        """Returns once the client has left (for handlers that do not read while they work)."""
+        ...
 
     async def send_data(self, data: bytes | memoryview) -> None: ...
 

@@ -44,6 +44,7 @@ class SocketStream(asyncio.BufferedProtocol):
         self._writable: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # EOF or lost
         self.task: asyncio.Task[None] | None = None
 
     # -- protocol callbacks ------------------------------------------------------------------
@@ -67,6 +68,8 @@ class SocketStream(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self.eof = True
         self._wake_reader()
+        if not self._gone.done():
+            self._gone.set_result(None)
         return True  # keep the write side open: an answer may still be owed
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -76,6 +79,8 @@ class SocketStream(asyncio.BufferedProtocol):
             self._writable.set_result(None)
         if not self._closed.done():
             self._closed.set_result(None)
+        if not self._gone.done():
+            self._gone.set_result(None)
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
@@ -120,6 +125,10 @@ class SocketStream(asyncio.BufferedProtocol):
     async def wait_closed(self) -> None:
         await self._closed
 
+    async def peer_gone(self) -> None:
+        """Wait until the client has closed its side (or the connection is lost)."""
+        await asyncio.shield(self._gone)
+
     def _wake_reader(self) -> None:
         if self._readable is not None and not self._readable.done():
             self._readable.set_result(None)
@@ -128,9 +137,10 @@ class SocketStream(asyncio.BufferedProtocol):
 class ServerConnection:
     """The daemon's side of one connection; serves requests one at a time."""
 
-    def __init__(self, stream: SocketStream, peer: str) -> None:
+    def __init__(self, stream: SocketStream, peer: str, peer_pid: int = -1) -> None:
         self.stream = stream
         self.peer = peer
+        self.peer_pid = peer_pid
         self._conn = stream.conn
         self._stopping = False
         self._in_request = False
@@ -189,6 +199,9 @@ class ServerConnection:
 
     async def respond(self, payload: dict[str, Any]) -> None:
         await self._send(wire.Response(payload))
+
+    async def peer_gone(self) -> None:
+        await self.stream.peer_gone()
 
     async def send_data(self, data: bytes | memoryview) -> None:
         """Any length: framed here, written without copying the payload."""

@@ -20,6 +20,7 @@ from typing import Any
 from gitmld.daemon.channel import Channel, ChannelClosed, RequestError
 from gitmld.daemon.content_sample import StreamSample
 from gitmld.daemon.errors import classify
+from gitmld.daemon.pipe_sink import PipeSink, open_peer_stdout, require_pipe_id
 from gitmld.daemon.reachability import Reachability
 from gitmld.daemon.store.progress import FlushProgress
 from gitmld.daemon.store.store import ContentStore, PutResult, StoreOptions
@@ -69,11 +70,14 @@ class Service:
         self._reachability = Reachability()
         self.connections = 0
         self.requests_served = 0
+        self.direct_smudge_bytes = 0  # content written straight into filters' pipes (get_pipe)
         self.shutdown_requested = asyncio.Event()
         self._ops: dict[str, Handler] = {
             "put": self.op_put,
             "compose": self.op_compose,
             "get": self.op_get,
+            "get_pipe": self.op_get_pipe,
+            "pipe_check": self.op_pipe_check,
             "has": self.op_has,
             "fetch": self.op_fetch,
             "wait": self.op_wait,
@@ -236,15 +240,52 @@ class Service:
             await ch.respond({"size": length, "offset": offset})
             await send_stream(ch, ranged)
             return
-        if not await store.has(oid):
-            raise RequestError(
-                "not_found",
-                f"object {oid} ({request.get('path', '?')}) is in neither the host cache nor the remote",
-                oid,
-            )
+        await require_object(store, oid, request)
         stream = store.open_file(oid, path=str(request.get("path", "")))
         await ch.respond({"size": request.get("size")})
         await send_stream(ch, stream)
+
+    async def op_get_pipe(self, request: dict[str, Any], ch: Channel) -> None:
+        """get, with the content written as Git data pkt-lines straight into the peer's stdout
+        pipe (pipe_sink.py); PROGRESS frames while it runs, one RESPONSE with the bytes written
+        once the whole file is in the pipe and verified. On an error the pipe ends after whole
+        packets and the ERROR frame follows."""
+        oid = require_str(request, "oid")
+        dev, ino = require_pipe_id(request)
+        _, store = await self.store_for(request)
+        await require_object(store, oid, request)
+        sink = await PipeSink.open(ch.peer_pid, dev, ino)
+        copy = asyncio.ensure_future(self._copy_into_pipe(store.open_file(oid, path=str(request.get("path", ""))),
+                                                          sink, ch))
+        gone = asyncio.ensure_future(ch.peer_gone())  # a filter that left must not leave us writing to Git
+        try:
+            await asyncio.wait({copy, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not copy.done():
+                copy.cancel()
+                await asyncio.gather(copy, return_exceptions=True)
+            sink.close()
+        if copy.cancelled():
+            raise ChannelClosed("the filter left while its file was being written into Git's pipe")
+        copy.result()
+        self.direct_smudge_bytes += sink.written
+        await ch.respond({"size": sink.written})
+
+    @staticmethod
+    async def _copy_into_pipe(stream: AsyncIterator[bytes], sink: PipeSink, ch: Channel) -> None:
+        reported = time.monotonic()
+        async for piece in stream:
+            await sink.write(piece)
+            if time.monotonic() - reported >= PROGRESS_INTERVAL:  # keeps the client's timeout fed
+                reported = time.monotonic()
+                await ch.progress({"done": sink.written})
+        await sink.finish()
+
+    async def op_pipe_check(self, request: dict[str, Any], ch: Channel) -> None:
+        """Whether get_pipe can write into the peer's stdout (its pid is known, /proc lets us open it)."""
+        os.close(open_peer_stdout(ch.peer_pid, *require_pipe_id(request)))
+        await ch.respond({"ok": True})
 
     async def op_has(self, request: dict[str, Any], ch: Channel) -> None:
         oid = require_str(request, "oid")
@@ -344,6 +385,7 @@ class Service:
             "cache_limit_bytes": self.settings.cache_limit_bytes,
             "connections": self.connections,
             "requests_served": self.requests_served,
+            "direct_smudge_bytes": self.direct_smudge_bytes,
             "transfers": transfers,
             "remotes": remotes,
         }
@@ -403,6 +445,15 @@ def require_count(request: dict[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise RequestError("bad_request", f"request field {key!r} must be a non-negative integer, not {value!r}")
     return value
+
+
+async def require_object(store: ContentStore, oid: str, request: dict[str, Any]) -> None:
+    if not await store.has(oid):
+        raise RequestError(
+            "not_found",
+            f"object {oid} ({request.get('path', '?')}) is in neither the host cache nor the remote",
+            oid,
+        )
 
 
 async def send_stream(ch: Channel, stream: AsyncIterator[bytes]) -> None:

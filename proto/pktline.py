@@ -136,6 +136,18 @@ def encode_stream(data: bytes | bytearray | memoryview) -> bytearray:
     return out
 
 
+def stream_parts(data: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
+    """The data packets of `data` as [header, payload view, ...], for a vectored write: the
+    same bytes as encode_stream without copying the payload (the daemon's direct smudge)."""
+    view = memoryview(data).cast("B")
+    parts: list[bytes | memoryview] = []
+    for i in range(0, len(view), MAX_PAYLOAD):
+        piece = view[i : i + MAX_PAYLOAD]
+        parts.append(b"%04x" % (len(piece) + 4))
+        parts.append(piece)
+    return parts
+
+
 def encode_flush() -> bytes:
     return FLUSH_PKT
 

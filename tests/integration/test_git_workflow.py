@@ -53,7 +53,10 @@ def stats_for(genv: GitEnv, url: str) -> dict[str, int]:
     raise AssertionError(f"daemon knows no remote {url}: {json.dumps(daemon)[:2000]}")
 
 
-def test_add_push_clone_checkout_and_branch_switch(user: GitEnv, s3_bucket) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-smudge", "smudge-through-filter"])
+def test_add_push_clone_checkout_and_branch_switch(user: GitEnv, s3_bucket, direct: bool) -> None:
+    if not direct:
+        user.env["GITMLD_NO_DIRECT_SMUDGE"] = "1"  # content comes through the filter's socket
     work = user.new_repo("model", s3_bucket.url, s3_bucket.endpoint)
     model = write_checkpoint(work / "model.safetensors", layers=4, hidden=512, seed=1)
     base_sum = sha256(model)
@@ -91,6 +94,9 @@ def test_add_push_clone_checkout_and_branch_switch(user: GitEnv, s3_bucket) -> N
     user.git("checkout", "-q", "finetune", cwd=clone)
     assert sha256(clone / "model.safetensors") == v2_sum
     assert user.git("status", "--porcelain", cwd=clone).stdout == b""
+    status = user.status()
+    piped = status.get("daemon", status)["direct_smudge_bytes"]
+    assert (piped >= 2 * model.stat().st_size) if direct else piped == 0, piped
 
 
 def test_second_clone_on_the_host_reads_nothing_from_s3(user: GitEnv, make_user, s3_bucket) -> None:

@@ -221,6 +221,8 @@ class FakeDaemon:
             send(wire.Response({"uploaded_bytes": 2, "objects": 1}))
         elif op == "die":
             return False  # close without answering
+        elif op in ("pipe_check", "get_pipe"):  # as a daemon that cannot write into our pipe
+            send(wire.Error("unsupported", "no direct smudge in the fake daemon"))
         else:
             send(wire.Response({"op": op, "daemon": "fake"}))
         return True

@@ -32,13 +32,14 @@ LFS_POINTER = (
 class Git:
     """Git's side of the pipes, with a FilterProcess running in a thread."""
 
-    def __init__(self, connect: Callable[[], DaemonClient], fetch_timeout: float = 600.0) -> None:
+    def __init__(self, connect: Callable[[], DaemonClient], fetch_timeout: float = 600.0,
+                 direct: bool | None = False) -> None:
         to_filter_r, self.to_filter = os.pipe()
         self.from_filter, from_filter_w = os.pipe()
         self.stderr = io.StringIO()
         self.filter = FilterProcess(
             to_filter_r, from_filter_w, connect=connect, remote=lambda: REMOTE, stderr=self.stderr,
-            fetch_timeout=lambda: fetch_timeout,
+            fetch_timeout=lambda: fetch_timeout, direct=direct,
         )
         self.error: BaseException | None = None
         self.rc: int | None = None
@@ -181,6 +182,29 @@ def test_smudge_streams_verified_content(git: Git, daemon: FakeDaemon) -> None:
     assert git.request("smudge", "m.bin", pointer.to_bytes(), **{"can-delay": "1"}) == ("success", content, [])
     assert daemon.ops() == ["has", "get"]
     assert daemon.requests[1] == {"op": "get", "remote": REMOTE, "oid": pointer.oid, "size": 300_000, "path": "m.bin"}
+
+
+def test_smudge_falls_back_to_the_socket_when_the_daemon_cannot_write_into_the_pipe(
+        daemon: FakeDaemon, sock_path: str) -> None:
+    g = Git(lambda: DaemonClient.connect(sock_path, autostart=False, timeout=5), direct=None)
+    g.handshake()
+    content = os.urandom(200_000)
+    pointer = daemon.add(content)
+    for _ in range(2):
+        assert g.request("smudge", "m.bin", pointer.to_bytes()) == ("success", content, [])
+    assert daemon.ops() == ["pipe_check", "get", "get"], "asked once per process, then the socket path"
+    assert g.close() == 0
+
+
+def test_smudge_does_not_ask_for_direct_writes_when_disabled(daemon: FakeDaemon, sock_path: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITMLD_NO_DIRECT_SMUDGE", "1")
+    g = Git(lambda: DaemonClient.connect(sock_path, autostart=False, timeout=5), direct=None)
+    g.handshake()
+    pointer = daemon.add(b"x" * 1000)
+    assert g.request("smudge", "m.bin", pointer.to_bytes()) == ("success", b"x" * 1000, [])
+    assert daemon.ops() == ["get"]
+    assert g.close() == 0
 
 
 def test_smudge_rejects_content_that_does_not_match_the_pointer(git: Git, daemon: FakeDaemon) -> None:

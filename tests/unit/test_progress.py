@@ -38,6 +38,7 @@ class MemChannel:
     """A Channel that records what the handler sends."""
 
     peer = "test"
+    peer_pid = -1
 
     def __init__(self) -> None:
         self.responses: list[dict[str, Any]] = []
@@ -47,6 +48,9 @@ class MemChannel:
     async def incoming_data(self) -> AsyncIterator[bytes]:
         return
         yield b""
+
+    async def peer_gone(self) -> None:
+        await asyncio.Event().wait()  # this client never leaves
 
     async def respond(self, payload: dict[str, Any]) -> None:
         self.responses.append(payload)
