@@ -23,16 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # for bench_store
 
+from bench_store import server_cpu as process_cpu  # noqa: E402  (CPU seconds of a live pid, from /proc)
 from gitmld.client.daemon_client import DaemonClient  # noqa: E402
 
 from tests.integration.gitenv import GitEnv  # noqa: E402
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a live process has used, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu() -> float:

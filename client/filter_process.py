@@ -47,9 +47,9 @@ NO_DIRECT_ENV = "GITMLD_NO_DIRECT_SMUDGE"  # set: smudged content comes through 
 SPOOL_MEMORY = 8 << 20  # pass-through smudge content beyond this goes to a temp file
 
 
-
 class OutputBroken(Exception):
     """Our stdout may end inside a pkt-line: the filter must exit, so that Git fails the file."""
+
 
 class FileFailed(Exception):
     """This file cannot be filtered; the message names the cause (the path is added on report)."""

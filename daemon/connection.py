@@ -137,9 +137,9 @@ class SocketStream(asyncio.BufferedProtocol):
 class ServerConnection:
     """The daemon's side of one connection; serves requests one at a time."""
 
-    def __init__(self, stream: SocketStream, peer: str, peer_pid: int = -1) -> None:
+    def __init__(self, stream: SocketStream, peer_pid: int = -1) -> None:
         self.stream = stream
-        self.peer = peer
+        self.peer = f"pid {peer_pid}"
         self.peer_pid = peer_pid
         self._conn = stream.conn
         self._stopping = False

@@ -64,7 +64,7 @@ class PipeSink:
         self.written = 0  # content bytes given to write() (the last < 64 KiB go out in finish())
 
     @classmethod
-    async def open(cls, pid: int, dev: int, ino: int) -> PipeSink:
+    def open(cls, pid: int, dev: int, ino: int) -> PipeSink:
         return cls(open_peer_stdout(pid, dev, ino))
 
     async def write(self, data: bytes | memoryview) -> None:
@@ -89,8 +89,9 @@ class PipeSink:
     async def finish(self) -> None:
         """Write the last (short) packet: the content is complete in the pipe."""
         if self._carried:
+            head = b"%04x" % (self._carried + pktline.HEADER_SIZE)
             carry, self._carry, self._carried = self._carry, [], 0
-            await self._writev([b"%04x" % (sum(map(len, carry)) + pktline.HEADER_SIZE), *carry])
+            await self._writev([head, *carry])
 
     def close(self) -> None:
         """Close the daemon's fd (Git's end stays open: the filter goes on with the status

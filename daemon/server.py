@@ -115,7 +115,7 @@ class Server:
         log.debug("connection from pid %s uid %s", pid, uid)
         if sock is not None:
             widen_socket(sock)
-        conn = ServerConnection(stream, peer=f"pid {pid}", peer_pid=pid)
+        conn = ServerConnection(stream, peer_pid=pid)
         self._connections.add(conn)
         self.service.connections += 1
         task = asyncio.current_task()

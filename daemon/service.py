@@ -254,7 +254,7 @@ class Service:
         dev, ino = require_pipe_id(request)
         _, store = await self.store_for(request)
         await require_object(store, oid, request)
-        sink = await PipeSink.open(ch.peer_pid, dev, ino)
+        sink = PipeSink.open(ch.peer_pid, dev, ino)
         copy = asyncio.ensure_future(self._copy_into_pipe(store.open_file(oid, path=str(request.get("path", ""))),
                                                           sink, ch))
         gone = asyncio.ensure_future(ch.peer_gone())  # a filter that left must not leave us writing to Git

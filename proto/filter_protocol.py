@@ -284,7 +284,7 @@ class FilterServer:
         self.state = State.SENDING_CONTENT
         return _line("status=success") + pktline.FLUSH_PKT
 
-    def send_content(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+    def send_content(self, data: bytes | bytearray | memoryview) -> bytes:
         self._expect(State.SENDING_CONTENT)
         return pktline.encode_stream(data)
 
@@ -350,5 +350,5 @@ def encode_request(
     out += [_line(f"{k}={v}") for k, v in (headers or {}).items()]
     out.append(pktline.FLUSH_PKT)
     if content is not None:
-        out += [bytes(pktline.encode_stream(content)), pktline.FLUSH_PKT]
+        out += [pktline.encode_stream(content), pktline.FLUSH_PKT]
     return b"".join(out)

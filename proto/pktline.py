@@ -117,23 +117,12 @@ def encode_text(line: str) -> bytes:
     return encode_data(line.encode("utf-8") + b"\n")
 
 
-def encode_stream(data: bytes | bytearray | memoryview) -> bytearray:
+def encode_stream(data: bytes | bytearray | memoryview) -> bytes:
     """Split content into as many maximum-size data packets as needed (no flush).
 
-    Content passes through here at full checkout speed, so each byte is copied once, into a
-    buffer sized up front.
+    Content passes through here at full checkout speed, so each byte is copied once (the join).
     """
-    view = memoryview(data).cast("B")
-    size = len(view)
-    out = bytearray(size + 4 * -(-size // MAX_PAYLOAD))
-    o = 0
-    for i in range(0, size, MAX_PAYLOAD):
-        piece = view[i : i + MAX_PAYLOAD]
-        n = len(piece)
-        out[o : o + 4] = b"%04x" % (n + 4)
-        out[o + 4 : o + 4 + n] = piece
-        o += 4 + n
-    return out
+    return b"".join(stream_parts(data))
 
 
 def stream_parts(data: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
