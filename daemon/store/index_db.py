@@ -1,6 +1,7 @@
 """The host index: one LMDB environment per repository in the host cache (schema in FORMAT.md).
 
-Named databases (keys and values are fixed-layout little-endian structs):
+Named databases (keys and values are fixed-layout structs, little-endian but for the
+packents sequence number):
 
 | db | key | value |
 |---|---|---|
@@ -9,10 +10,15 @@ Named databases (keys and values are fixed-layout little-endian structs):
 | local | chunk id | seg_id[16] offset:u64 length:u32 -- where it is in this cache |
 | segchunks | seg_id + chunk id | empty -- which chunks a segment holds (for eviction) |
 | segments | seg_id | kind:u8 state:u8 size:u64 last_access:f64 |
-| packents | pack id | the pack's entry table (growing while open), until an uploaded index segment covers it |
+| packents | pack id + seq:u32 BE | a piece of the pack's entry table, until an uploaded index segment covers it |
 | manifests | oid (32 raw bytes) | flags:u8 (1 = uploaded) + manifest plaintext |
 | queue | b"p"+pack id / b"m"+oid | empty -- the persistent upload queue |
 | seen_index | index object name | empty -- remote index segments already merged into `chunks` |
+
+A pack's entry table is its `packents` pieces joined in key order: each record_packed call
+adds one piece (seq = the last one's + 1) and rewrites none, so recording n chunks in many
+small calls writes O(n) bytes, not O(n^2). Schema 1 kept the whole table under the bare pack
+id; that key sorts before the pack's pieces, so it is read as the first piece.
 
 Reads may run on any thread. Every write method runs on the store's single I/O thread
 (LMDB write transactions belong to the thread that began them); each is one transaction,
@@ -24,20 +30,21 @@ from __future__ import annotations
 import enum
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import lmdb
 from gitmld.daemon.store.errors import UnsupportedFormat
-from gitmld.daemon.store.pack import ENTRY, PackEntry, encode_entries
+from gitmld.daemon.store.pack import ENTRY, ID_LEN, PackEntry, encode_entries
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: packents split into pieces (a schema-1 index is read as is and marked 2)
 MAP_SIZE = 1 << 40  # sparse: the file grows with the data, the map only reserves addresses
 REMOTE_LOC = struct.Struct("<16sQII")
 LOCAL_LOC = struct.Struct("<16sQI")
 SEG = struct.Struct("<BBQd")
+PIECE_SEQ = struct.Struct(">I")  # packents key suffix: big-endian, so pieces sort in write order
 _DBS = ("meta", "chunks", "local", "segchunks", "segments", "packents", "manifests", "queue", "seen_index")
 
 
@@ -100,12 +107,14 @@ class IndexDB:
         self.db: dict[str, Any] = {name: self.env.open_db(name.encode()) for name in _DBS}
         with self.env.begin(write=True) as txn:
             schema = txn.get(b"schema", db=self.db["meta"])
-            if schema is None:
-                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.db["meta"])
-            elif int(schema) > SCHEMA_VERSION:
+            if schema is not None and int(schema) > SCHEMA_VERSION:
                 raise UnsupportedFormat(
                     f"host index {path} has schema {int(schema)}, newer than this gitmld ({SCHEMA_VERSION});"
                     " upgrade gitmld or use another GITMLD_CACHE_DIR")
+            if schema is None or int(schema) < SCHEMA_VERSION:
+                # schema 1 data is read as is (see packents); marking it 2 stops an older
+                # gitmld from reading a piecewise table as a missing one
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.db["meta"])
 
     def close(self) -> None:
         self.env.close()
@@ -170,19 +179,22 @@ class IndexDB:
         """Pack id -> entry table of uploaded packs no uploaded index segment covers yet."""
         out = {}
         with self.env.begin() as txn:
-            for k, v in txn.cursor(db=self.db["packents"]):
-                raw = txn.get(k, db=self.db["segments"])
-                if raw is None or _seg(bytes(k), raw).state == SegState.UPLOADED:
-                    out[bytes(k)] = bytes(v)
+            for pid, table in _tables(txn.cursor(db=self.db["packents"])):
+                raw = txn.get(pid, db=self.db["segments"])
+                if raw is None or _seg(pid, raw).state == SegState.UPLOADED:
+                    out[pid] = table
         return out
 
     def index_backlog(self) -> tuple[int, int]:
         """(packs, entry table bytes) that no index segment covers yet, uploaded or not: what
         bounds the next segment's size, for flush progress."""
         packs = table_bytes = 0
+        last = b""
         with self.env.begin(db=self.db["packents"]) as txn:
-            for _, v in txn.cursor():
-                packs += 1
+            for k, v in txn.cursor():
+                if k[:ID_LEN] != last:
+                    packs += 1
+                    last = bytes(k[:ID_LEN])
                 table_bytes += len(v)
         return packs, table_bytes
 
@@ -196,9 +208,9 @@ class IndexDB:
             out = []
             if cur.set_range(seg_id):
                 for key in cur.iternext(values=False):
-                    if key[:16] != seg_id:
+                    if key[:ID_LEN] != seg_id:
                         break
-                    out.append(bytes(key[16:]))
+                    out.append(bytes(key[ID_LEN:]))
             return out
 
     # -- writes (I/O thread) ------------------------------------------------------------------
@@ -209,8 +221,11 @@ class IndexDB:
 
     def record_packed(self, seg: SegmentInfo, entries: list[PackEntry], *, queue: bool = False) -> None:
         """Chunks appended to pack segment `seg`: their bucket and local locations, and the
-        pack's growing entry table (its future trailer and index section). queue: the pack
-        is sealed (fsynced) now; queue its upload in the same transaction."""
+        next piece of the pack's entry table (its future trailer and index section; the
+        pieces before it are not rewritten). queue: the pack is sealed (fsynced) now; queue
+        its upload in the same transaction.
+
+        The caller has made the entries' bytes durable first (FORMAT.md, "Host cache")."""
         sid = seg.seg_id
         with self.env.begin(write=True) as txn:
             if queue:
@@ -219,13 +234,15 @@ class IndexDB:
                 txn.put(e.cid, REMOTE_LOC.pack(sid, e.offset, e.stored_len, e.plain_len), db=self.db["chunks"])
                 txn.put(e.cid, LOCAL_LOC.pack(sid, e.offset, e.stored_len), db=self.db["local"])
                 txn.put(sid + e.cid, b"", db=self.db["segchunks"])
-            table = txn.get(sid, db=self.db["packents"]) or b""
-            txn.put(sid, bytes(table) + encode_entries(entries), db=self.db["packents"])
+            if entries:
+                txn.put(_next_piece(txn.cursor(db=self.db["packents"]), sid), encode_entries(entries),
+                        db=self.db["packents"])
             txn.put(sid, seg.pack(), db=self.db["segments"])
 
     def pack_entries(self, pack_id: bytes) -> bytes:
+        """The pack's entry table recorded so far (its pieces joined in order)."""
         with self.env.begin(db=self.db["packents"]) as txn:
-            return bytes(txn.get(pack_id) or b"")
+            return b"".join(v for _, v in _pieces(txn.cursor(), pack_id))
 
     def record_fetched(self, seg: SegmentInfo, items: list[Fetched]) -> None:
         sid = seg.seg_id
@@ -247,8 +264,9 @@ class IndexDB:
 
     def index_written(self, name: str, pack_ids: Iterable[bytes]) -> None:
         with self.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self.db["packents"])
             for pid in pack_ids:
-                txn.delete(pid, db=self.db["packents"])
+                _drop_pieces(cur, pid)
             txn.put(name.encode(), b"", db=self.db["seen_index"])
 
     def merge_index(self, name: str, sections: Iterable[tuple[bytes, memoryview]]) -> int:
@@ -297,16 +315,16 @@ class IndexDB:
         with self.env.begin(write=True) as txn:
             for cid in chunks:
                 raw = txn.get(cid, db=self.db["local"])
-                if raw is not None and raw[:16] == seg_id:
+                if raw is not None and raw[:ID_LEN] == seg_id:
                     txn.delete(cid, db=self.db["local"])
                 if forget_remote:
                     rraw = txn.get(cid, db=self.db["chunks"])
-                    if rraw is not None and rraw[:16] == seg_id:
+                    if rraw is not None and rraw[:ID_LEN] == seg_id:
                         txn.delete(cid, db=self.db["chunks"])
                 txn.delete(seg_id + cid, db=self.db["segchunks"])
             txn.delete(seg_id, db=self.db["segments"])
             if forget_remote:
-                txn.delete(seg_id, db=self.db["packents"])
+                _drop_pieces(txn.cursor(db=self.db["packents"]), seg_id)
                 txn.delete(b"p" + seg_id, db=self.db["queue"])
         return len(chunks)
 
@@ -319,6 +337,46 @@ class IndexDB:
                     info = _seg(sid, raw)
                     info.last_access = max(info.last_access, when)
                     txn.put(sid, info.pack())
+
+
+def _pieces(cur: Any, pack_id: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of the pack's entry-table pieces, in order: a schema-1 whole table under
+    the bare pack id (it sorts first), then pack id + seq pieces."""
+    if cur.set_range(pack_id):
+        for k, v in cur:
+            if k[:ID_LEN] != pack_id:
+                break
+            yield k, v
+
+
+def _tables(cur: Any) -> Iterator[tuple[bytes, bytes]]:
+    """(pack id, whole entry table) of every pack in packents, one pass over the cursor."""
+    pid = b""
+    parts: list[bytes] = []
+    for k, v in cur:
+        if k[:ID_LEN] != pid:
+            if parts:
+                yield pid, b"".join(parts)
+            pid, parts = bytes(k[:ID_LEN]), []
+        parts.append(v)
+    if parts:
+        yield pid, b"".join(parts)
+
+
+def _next_piece(cur: Any, pack_id: bytes) -> bytes:
+    """The packents key for the pack's next piece: one past its last one (the key space of
+    one pack lies below pack id + 0xff * 5, so the key before that is its last, if any)."""
+    found = cur.prev() if cur.set_range(pack_id + b"\xff" * (PIECE_SEQ.size + 1)) else cur.last()
+    key = cur.key() if found else b""
+    if key[:ID_LEN] == pack_id and len(key) == ID_LEN + PIECE_SEQ.size:
+        return pack_id + PIECE_SEQ.pack(PIECE_SEQ.unpack(key[ID_LEN:])[0] + 1)
+    return pack_id + PIECE_SEQ.pack(0)  # the first piece (after a schema-1 table, if any)
+
+
+def _drop_pieces(cur: Any, pack_id: bytes) -> None:
+    if cur.set_range(pack_id):
+        while cur.key()[:ID_LEN] == pack_id and cur.delete():
+            pass
 
 
 def _seg(seg_id: bytes, raw: bytes) -> SegmentInfo:

@@ -1,9 +1,12 @@
 """The host-cache tier of one repository: segment files plus their LMDB records.
 
 Ordering rules (FORMAT.md, "Host cache"): bytes are written to a segment before LMDB records
-them, a segment is fsynced before LMDB calls it sealed/closed, and LMDB forgets a segment
-before its file is deleted. A crash therefore leaves orphan bytes (cut off or deleted by
-`recover`) or consistent records, never a record pointing at bytes that were never written.
+them, a segment is fsynced before LMDB calls it sealed/closed, the open pack is fsynced (and
+its directory entry, if new since the last directory sync) before LMDB records its chunks,
+and LMDB forgets a segment before its file is deleted. A crash, even a power loss, therefore
+leaves orphan bytes (cut off or deleted by `recover`) or consistent records, never a record
+of pack bytes that did not reach the disk. (Fetch segments are recorded without an fsync:
+their chunks are verified on read and fetched again if damaged.)
 
 Every method here blocks; the store calls them on its single I/O thread, except `read`,
 which any thread may call. Sealing a full pack (fsync, then its LMDB transaction) runs on a
@@ -151,11 +154,14 @@ class HostCache:
         return Appended(locs, new_chunks, new_plain, new_stored)
 
     def record_pending(self) -> None:
-        """Record every chunk appended so far: finish the seals in progress, then record the
-        open pack's chunks (a put calls this before its manifest is stored: a manifest only
-        ever names recorded chunks)."""
+        """Record every chunk appended so far: finish the seals in progress, then make the
+        open pack's bytes durable and record its chunks (a put calls this before its
+        manifest is stored: a manifest only ever names recorded chunks, and a recorded
+        chunk's bytes are on disk). Nothing unrecorded: no fsync, no transaction."""
         self.wait_sealed()
         if self._unrecorded and self._pack is not None and self._pack_info is not None:
+            self._pack.sync()  # before LMDB names the bytes: a power loss must not lose them
+            self.files.sync_entry(self._pack.seg_id)  # a new file: its directory entry too
             self._pack_info.size = self._pack.size
             self.sizes[self._pack_info.seg_id] = self._pack.size
             self.db.record_packed(self._pack_info, self._unrecorded)
