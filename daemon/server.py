@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import importlib
 import logging
 import os
 import signal
@@ -165,6 +166,7 @@ async def run(settings: DaemonSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("gitmld daemon %s serving %s (cache %s)", os.getpid(), settings.socket_path, settings.cache_dir)
+    preload = loop.run_in_executor(None, preload_remote_modules, settings.cache_dir)
     waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.shutdown_requested.wait())]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
@@ -178,5 +180,25 @@ async def run(settings: DaemonSettings) -> int:
             settings.socket_path.unlink()
     if lock_fd is not None:
         os.close(lock_fd)
+    await preload
     log.info("stopped")
     return 0
+
+
+def preload_remote_modules(cache_dir: Path) -> bool:
+    """When this host cache has used an S3 remote before, import the S3 client stack (aiobotocore,
+    botocore, aiohttp) and parse the S3 service model (~0.8 CPU-s together) on a worker thread
+    once the socket serves, so the first clone or push after a daemon (re)start does not wait
+    for it. Only this one module is imported here, and the event loop's own first use of it goes
+    through the same module lock, so the two threads cannot deadlock on import locks. True when
+    it preloaded."""
+    from gitmld.daemon.store.repository import known_remote_urls
+
+    if not any(url.startswith("s3://") for url in known_remote_urls(cache_dir)):
+        return False
+    try:
+        importlib.import_module("gitmld.daemon.remote.s3").warm_up()
+        return True
+    except Exception as exc:  # pragma: no cover - e.g. a dependency is missing; its first use reports it
+        log.debug("preloading the S3 client failed: %s", exc)
+        return False

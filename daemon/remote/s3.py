@@ -48,6 +48,29 @@ _CREDENTIALS_HINT = (
 )
 
 
+_session: Any = None
+
+
+def shared_session() -> Any:
+    """One botocore session for every S3 remote of the daemon: its loader keeps the S3 service
+    model, endpoint rules and partitions parsed (~0.2 s per client otherwise)."""
+    global _session
+    if _session is None:
+        _session = get_session()
+    return _session
+
+
+def warm_up() -> None:
+    """Parse the S3 service data into the shared session's loader (no network, no credentials:
+    callable from any thread, ahead of the first client)."""
+    session = shared_session()
+    loader = session.get_component("data_loader")
+    loader.load_service_model("s3", "service-2")
+    loader.load_service_model("s3", "endpoint-rule-set-1")
+    for name in ("endpoints", "partitions", "sdk-default-configuration"):
+        loader.load_data(name)
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix` -> ("bucket", "some/prefix"); RemoteError if malformed."""
     parts = urlsplit(url)
@@ -127,7 +150,7 @@ class S3Remote:
                     )
                     stack = AsyncExitStack()
                     self._client = await stack.enter_async_context(
-                        get_session().create_client(
+                        shared_session().create_client(
                             "s3", endpoint_url=self.endpoint, region_name=self.region, config=config
                         )
                     )

@@ -164,10 +164,25 @@ async def _create(remote: Remote, kek: bytes, kid: str, avg: int) -> None:
     log.info("created repository %s at %s", config.repo_id, remote.url)
 
 
+def known_remote_urls(cache_dir: Path) -> list[str]:
+    """The URLs of the remotes this host cache has opened before (newer offline copies name
+    theirs); unreadable entries are skipped: this only guides the daemon's start-up."""
+    urls = []
+    for path in sorted((cache_dir / "remotes").glob("*.json")):
+        try:
+            url = json.loads(path.read_text()).get("url")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(url, str):
+            urls.append(url)
+    return urls
+
+
 class _OfflineCopy:
     """`<cache>/remotes/<hash of url>.json`: the wrapped keys and sealed config of a remote."""
 
     def __init__(self, cache_dir: Path, url: str) -> None:
+        self.url = url
         self.path = cache_dir / "remotes" / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".json")
 
     def exists(self) -> bool:
@@ -175,7 +190,7 @@ class _OfflineCopy:
 
     def save(self, kid: str, wrapped: bytes, config: bytes) -> None:
         doc = {"kek_id": kid, "keys": base64.b64encode(wrapped).decode(),
-               "config": base64.b64encode(config).decode()}
+               "config": base64.b64encode(config).decode(), "url": self.url}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(doc))
