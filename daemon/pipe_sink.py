@@ -55,7 +55,8 @@ def open_peer_stdout(pid: int, dev: int, ino: int) -> int:
 class PipeSink:
     """Content packets into Git's pipe with vectored non-blocking writes. Packets are full size
     (65516-byte payloads) across the pieces given to write(); every byte handed to the pipe
-    belongs to a packet that the sink finishes unless the daemon dies."""
+    belongs to a packet that the sink finishes unless the daemon dies or the filter leaves (then
+    the pipe may end inside a packet; Git fails the file, as the filter is gone)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd

@@ -275,11 +275,14 @@ class Service:
     @staticmethod
     async def _copy_into_pipe(stream: AsyncIterator[bytes], sink: PipeSink, ch: Channel) -> None:
         reported = time.monotonic()
-        async for piece in stream:
-            await sink.write(piece)
-            if time.monotonic() - reported >= PROGRESS_INTERVAL:  # keeps the client's timeout fed
-                reported = time.monotonic()
-                await ch.progress({"done": sink.written})
+        try:
+            async for piece in stream:
+                await sink.write(piece)
+                if time.monotonic() - reported >= PROGRESS_INTERVAL:  # keeps the client's timeout fed
+                    reported = time.monotonic()
+                    await ch.progress({"done": sink.written})
+        finally:
+            await close_stream(stream)
         await sink.finish()
 
     async def op_pipe_check(self, request: dict[str, Any], ch: Channel) -> None:
@@ -458,9 +461,20 @@ async def require_object(store: ContentStore, oid: str, request: dict[str, Any])
 
 async def send_stream(ch: Channel, stream: AsyncIterator[bytes]) -> None:
     """DATA frames, then END (the channel frames each piece without copying it)."""
-    async for piece in stream:
-        await ch.send_data(piece)
+    try:
+        async for piece in stream:
+            await ch.send_data(piece)
+    finally:
+        await close_stream(stream)
     await ch.end_data()
+
+
+async def close_stream(stream: AsyncIterator[bytes]) -> None:
+    """End a read the client abandoned now, not when the generator is collected: its transfer
+    leaves `status` and its read-ahead buffers go at once."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def require_oid_list(request: dict[str, Any]) -> list[str]:
