@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.s3serv
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from bench_store import server_cpu as process_cpu
 from gitmld.daemon.remote.s3 import S3Remote
 
 from tests.s3server import start_s3_server
@@ -52,10 +53,7 @@ SERVER_PID: int | None = None  # the weed we started, for its CPU time
 
 def server_cpu() -> float:
     """CPU seconds the S3 server has used (Linux /proc; 0 when the server is not ours)."""
-    if SERVER_PID is None:
-        return 0.0
-    fields = Path(f"/proc/{SERVER_PID}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0 if SERVER_PID is None else process_cpu(SERVER_PID)
 
 
 async def timed(label: str, size: int, work: Awaitable[Any]) -> tuple[float, Any]:
