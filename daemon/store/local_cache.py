@@ -89,13 +89,12 @@ class HostCache:
             self.files.delete(orphan)  # created, never recorded
         for s in segs:
             path = self.files.path(s.seg_id)
-            if not path.exists():
-                unuploaded = s.kind == SegKind.PACK and s.state in (SegState.OPEN, SegState.SEALED)
-                if unuploaded:
-                    log.error("pack segment %s vanished before upload; files that need it cannot be"
-                              " flushed (put them again)", path)
-                    self.lost_packs.add(s.seg_id)
-                self.db.drop_segment(s.seg_id, forget_remote=unuploaded)
+            actual = path.stat().st_size if path.exists() else None
+            if actual is None or actual < s.size:
+                # Gone, or shorter than what LMDB recorded (a disk that lost written data, e.g.
+                # a power loss before the ordering rules fsynced it): never pad it with zeros.
+                self._forget_damaged(s, path, "vanished" if actual is None else
+                                     f"is {actual} bytes, {s.size} were recorded")
                 continue
             if s.state == SegState.OPEN:
                 writer = self.files.reopen(s.seg_id, s.size)  # cut bytes never recorded
@@ -116,6 +115,21 @@ class HostCache:
             self.sizes[s.seg_id] = s.size
         if self._pack_info is not None:
             self.sizes[self._pack_info.seg_id] = self._pack_info.size
+
+    def _forget_damaged(self, s: SegmentInfo, path: Path, what: str) -> None:
+        """A segment whose recorded bytes are not all on disk. An uploaded pack or a fetch
+        segment is only a copy: forget it here and the chunks come from the remote again. A
+        pack not yet uploaded held the only copy: its files cannot be flushed until they are
+        put again (flush names them)."""
+        unuploaded = s.kind == SegKind.PACK and s.state in (SegState.OPEN, SegState.SEALED)
+        if unuploaded:
+            log.error("pack segment %s %s before upload; files that need it cannot be flushed"
+                      " (put them again)", path, what)
+            self.lost_packs.add(s.seg_id)
+        else:
+            log.warning("host-cache segment %s %s; its chunks will be read from the remote", path, what)
+        self.db.drop_segment(s.seg_id, forget_remote=unuploaded)
+        self.files.delete(s.seg_id)
 
     @property
     def total_bytes(self) -> int:

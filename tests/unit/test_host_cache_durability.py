@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
 import pytest
+from gitmld.daemon.store.errors import NotDurable
 from gitmld.daemon.store.index_db import IndexDB, SegKind, SegmentInfo, new_segment
 from gitmld.daemon.store.keys import RepoKeys
 from gitmld.daemon.store.local_cache import HostCache, NewChunk
 from gitmld.daemon.store.pack import ENTRY, PackEntry, encode_entries
 from gitmld.daemon.store.segments import SegmentFiles, SegmentWriter
+
+from tests.unit.test_store_support import (
+    astream,
+    config,
+    keyfile_env,  # noqa: F401  (autouse fixture)
+    noise_bytes,
+    open_store,
+    read_all,
+)
 
 MiB = 1 << 20
 
@@ -179,3 +190,63 @@ def test_a_schema_1_table_is_read_as_the_first_piece(tmp_path: Path) -> None:
         assert packents(db) == []
     finally:
         db.close()
+
+
+# -- a segment shorter than its records (a disk that lost written data) ----------------------
+
+
+async def test_an_open_pack_that_lost_its_tail_is_reported_not_padded(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    data = noise_bytes(300_000, seed=11)
+    store = await open_store(cfg, tmp_path / "cache", upload_while_putting=0)
+    try:
+        oid = (await store.put(astream(data))).oid
+        pack = store._cache.open_pack
+        assert pack is not None
+        path = store._cache.files.path(pack)
+    finally:
+        await store.close()
+    recorded = path.stat().st_size
+    os.truncate(path, recorded // 2)  # what a power loss could leave without the fsync rule
+
+    store = await open_store(cfg, tmp_path / "cache", upload_while_putting=0)
+    try:
+        assert not path.exists()  # forgotten and deleted, never padded back with zeros
+        assert pack in store._cache.lost_packs
+        with pytest.raises(NotDurable) as err:
+            await store.flush([oid])
+        assert oid in str(err.value) and "add those files again" in str(err.value)
+        assert not await store.has(oid, local_only=True)
+        again = (await store.put(astream(data))).oid  # putting the file again repairs it
+        assert again == oid
+        await store.flush([oid])
+    finally:
+        await store.close()
+    fresh = await open_store(cfg, tmp_path / "other-cache")
+    try:
+        assert await read_all(fresh, oid) == data  # the remote has every byte
+    finally:
+        await fresh.close()
+
+
+async def test_a_short_uploaded_segment_is_read_from_the_remote(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    data = noise_bytes(300_000, seed=12)
+    store = await open_store(cfg, tmp_path / "cache")
+    try:
+        oid = (await store.put(astream(data))).oid
+        await store.flush([oid])
+        segments = [p for p in store._cache.files.dir.iterdir() if p.stat().st_size]
+    finally:
+        await store.close()
+    assert segments
+    for p in segments:
+        os.truncate(p, p.stat().st_size // 2)
+    store = await open_store(cfg, tmp_path / "cache")
+    try:
+        assert not store._cache.lost_packs
+        assert not any(p.exists() for p in segments)  # forgotten and deleted, not padded
+        assert not await store.has(oid, local_only=True)
+        assert await read_all(store, oid) == data
+    finally:
+        await store.close()
