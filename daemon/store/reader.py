@@ -11,6 +11,7 @@ its way share that fetch. Fetched blobs are appended to the host cache.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -51,7 +52,7 @@ class ReadStats:
 class _Group:
     """Neighbouring chunks read with one request (one pack range or one segment range)."""
 
-    __slots__ = ("end", "futures", "refs", "source", "start", "stored", "verify_ids")
+    __slots__ = ("absorbed_by", "end", "futures", "refs", "source", "start", "stored", "verify_ids")
 
     def __init__(self, source: bytes, start: int, end: int, verify_ids: bool = True) -> None:
         self.source, self.start, self.end = source, start, end
@@ -60,10 +61,24 @@ class _Group:
         self.futures: list[asyncio.Future[bytes]] = []
         # done once the group's chunks are in the host cache (or the fetch failed)
         self.stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.absorbed_by: _Group | None = None  # another GET took over this group's chunks
 
     def fits(self, source: bytes, offset: int, length: int, opts: ReadOptions) -> bool:
         return (source == self.source and self.end <= offset <= self.end + opts.max_gap
                 and offset + length - self.start <= opts.max_range)
+
+    def absorb(self, other: _Group, opts: ReadOptions) -> bool:
+        """Take over a neighbouring group of the same pack when the joined range stays one GET
+        (within max_gap and max_range); its chunks then arrive with ours."""
+        start, end = min(self.start, other.start), max(self.end, other.end)
+        gap = max(other.start - self.end, self.start - other.end)  # < 0: the ranges overlap
+        if other.source != self.source or gap > opts.max_gap or end - start > opts.max_range:
+            return False
+        self.start, self.end = start, end
+        self.refs += other.refs
+        self.futures += other.futures
+        other.refs, other.futures, other.absorbed_by = [], [], self
+        return True
 
 
 class ChunkReader:
@@ -83,6 +98,9 @@ class ChunkReader:
         self._opts = options
         # chunk id -> (its plaintext, "it is in the host cache"): one fetch serves every reader
         self._inflight: dict[bytes, tuple[asyncio.Future[bytes], asyncio.Future[None]]] = {}
+        # remote groups waiting for a GET slot, by pack: a GET that starts takes over the
+        # neighbouring ones (the chunks of other files fetched at the same time, for instance)
+        self._queued: dict[bytes, list[_Group]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = ReadStats()
 
@@ -258,13 +276,24 @@ class ChunkReader:
                     del self._inflight[ref.cid]
 
     async def _fetch_and_cache(self, g: _Group, name: str) -> None:
-        async with self._slots:
-            try:
-                data = await self._remote.get_range(name, g.start, g.end - g.start)
-            except RemoteNotFound as exc:
-                raise CorruptObject(
-                    f"pack {name} is missing from the remote {self._remote.url} (a manifest names it):"
-                    " the repository is damaged", object=name) from exc
+        queue = self._queued.setdefault(g.source, [])
+        queue.append(g)
+        try:
+            async with self._slots:
+                self._dequeue(g)
+                if g.absorbed_by is None:
+                    self._absorb_queued(g)
+                    try:
+                        data = await self._remote.get_range(name, g.start, g.end - g.start)
+                    except RemoteNotFound as exc:
+                        raise CorruptObject(
+                            f"pack {name} is missing from the remote {self._remote.url} (a manifest names it):"
+                            " the repository is damaged", object=name) from exc
+        finally:
+            self._dequeue(g)
+        if g.absorbed_by is not None:  # another GET brings our chunks: done when it is cached
+            await asyncio.shield(g.absorbed_by.stored)
+            return
         if len(data) < g.end - g.start:
             raise CorruptObject(f"pack {name} in {self._remote.url} is truncated: asked for"
                                 f" {g.end - g.start} bytes at {g.start}, got {len(data)}", object=name)
@@ -279,6 +308,37 @@ class ChunkReader:
             await self._cache_writes.submit(items)
         except Exception as exc:  # the read succeeded; only caching failed
             log.warning("could not add chunks of %s to the host cache: %s", name, exc)
+
+
+    def _dequeue(self, g: _Group) -> None:
+        queue = self._queued.get(g.source)
+        if queue is not None and g in queue:
+            queue.remove(g)
+            if not queue:
+                del self._queued[g.source]
+
+    def _absorb_queued(self, g: _Group) -> None:
+        """Before g's GET: take over every queued group of its pack that joins its range."""
+        queue = self._queued.get(g.source, [])
+        while taken := [q for q in queue if g.absorb(q, self._opts)]:
+            for q in taken:
+                queue.remove(q)
+                g.stored.add_done_callback(functools.partial(_follow, q.stored))
+        if not queue:
+            self._queued.pop(g.source, None)
+
+
+def _follow(dest: asyncio.Future[None], src: asyncio.Future[None]) -> None:
+    """An absorbed group is stored when the group that took it over is (or fails as it did)."""
+    if dest.done():
+        return
+    if src.cancelled():
+        dest.cancel()
+    elif (exc := src.exception()) is not None:
+        dest.set_exception(exc)
+        dest.add_done_callback(_retrieve)
+    else:
+        dest.set_result(None)
 
 
 def _single(ref: ChunkRef, inflight: dict[bytes, tuple[asyncio.Future[bytes], asyncio.Future[None]]]) -> _Group:

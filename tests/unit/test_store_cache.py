@@ -142,3 +142,37 @@ async def test_one_process_owns_a_host_cache(tmp_path: Path) -> None:
         await store.close()
     again = await open_store(config(tmp_path), tmp_path / "cache")
     await again.close()
+
+
+async def test_fetches_of_neighbouring_files_share_ranged_gets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files put one after another lie side by side in the packs: fetched together (a checkout
+    of many small files), the GET that gets a slot takes over its pack's queued neighbours."""
+    cfg = config(tmp_path, concurrency=1)
+    files = [noise_bytes(150_000, seed=100 + i) for i in range(12)]
+    writer = await open_store(cfg, tmp_path / "writer")
+    try:
+        oids = [(await writer.put(astream(d))).oid for d in files]
+        await writer.flush()
+        chunks = sum([len(list((await writer._manifest(oid)).chunks())) for oid in oids])
+    finally:
+        await writer.close()
+
+    remotes = record_remotes(monkeypatch)
+    reader = await open_store(cfg, tmp_path / "reader")
+    try:
+        remote = remotes[-1]
+        remote.range_gate = asyncio.Event()  # hold the first GET until every chunk is planned
+        fetches = asyncio.gather(*(reader.fetch(oid) for oid in oids))
+        r = reader._reader
+        # every chunk planned, and every GET task but the held one waiting in the queue
+        await wait_until(lambda: len(r._inflight) == chunks
+                         and sum(len(q) for q in r._queued.values()) == len(r._tasks) - 1)
+        remote.range_gate.set()
+        await fetches
+        packs = {name for name, _, _ in remote.ranges}
+        assert len(remote.ranges) == 1 + len(packs) < len(oids)  # the held GET, then one per pack
+        assert all([await reader.has(oid, local_only=True) for oid in oids])
+        assert [await read_all(reader, oid) for oid in oids] == files
+        assert len(remote.ranges) == 1 + len(packs)  # read from the host cache
+    finally:
+        await reader.close()
