@@ -48,23 +48,27 @@ _CREDENTIALS_HINT = (
 )
 
 
-_session: Any = None
+_loader: Any = None
 
 
-def shared_session() -> Any:
-    """One botocore session for every S3 remote of the daemon: its loader keeps the S3 service
-    model, endpoint rules and partitions parsed (~0.2 s per client otherwise)."""
-    global _session
-    if _session is None:
-        _session = get_session()
-    return _session
+def new_session() -> Any:
+    """A botocore session for one S3 client that shares the daemon's one data loader: the S3
+    service model, endpoint rules and partitions are parsed once (~0.2 s per client
+    otherwise), while credentials are still resolved per session, so a client made after the
+    credentials changed sees the new ones."""
+    global _loader
+    session = get_session()
+    if _loader is None:
+        _loader = session.get_component("data_loader")
+    else:
+        session.register_component("data_loader", _loader)
+    return session
 
 
 def warm_up() -> None:
-    """Parse the S3 service data into the shared session's loader (no network, no credentials:
-    callable from any thread, ahead of the first client)."""
-    session = shared_session()
-    loader = session.get_component("data_loader")
+    """Parse the S3 service data into the shared loader (no network, no credentials: callable
+    from any thread, ahead of the first client)."""
+    loader = new_session().get_component("data_loader")
     loader.load_service_model("s3", "service-2")
     loader.load_service_model("s3", "endpoint-rule-set-1")
     for name in ("endpoints", "partitions", "sdk-default-configuration"):
@@ -150,7 +154,7 @@ class S3Remote:
                     )
                     stack = AsyncExitStack()
                     self._client = await stack.enter_async_context(
-                        shared_session().create_client(
+                        new_session().create_client(
                             "s3", endpoint_url=self.endpoint, region_name=self.region, config=config
                         )
                     )

@@ -55,6 +55,9 @@ def test_warm_up_parses_the_s3_model_without_credentials(monkeypatch: pytest.Mon
     from gitmld.daemon.remote import s3
 
     s3.warm_up()
-    loader = s3.shared_session().get_component("data_loader")
+    first, second = s3.new_session(), s3.new_session()
+    loader = first.get_component("data_loader")
+    assert second.get_component("data_loader") is loader  # parsed once, shared
     assert loader.load_service_model("s3", "service-2")["metadata"]["serviceId"] == "S3"
+    assert first is not second  # credentials stay per session
     assert "aiobotocore" in sys.modules
