@@ -226,7 +226,7 @@ def encode_chunk(keys: RepoKeys, cid: bytes, plain: bytes | memoryview, hint: st
 
 
 def decode_chunk(keys: RepoKeys, cid: bytes, blob: bytes | memoryview, aead: AESGCM | None = None, *,
-                 verify_id: bool = True) -> bytes:
+                 verify_id: bool = True) -> bytes | memoryview:
     """The plaintext of a chunk blob, after checking the AEAD tag, the length and the keyed id.
     ``blob`` may be a view into a larger read (no copy); ``aead``: one cipher per batch.
     ``verify_id=False`` skips recomputing the keyed id (the AEAD tag, whose AAD holds the id,
@@ -274,7 +274,7 @@ def _classify_bad_version(
     raise corrupt(f"format version byte damaged ({version}, the content is version {VERSION})")
 
 
-def _decode_inner(inner: memoryview) -> bytes:
+def _decode_inner(inner: memoryview) -> bytes | memoryview:
     codec, size = struct.unpack_from("<BI", inner)
     body = inner[5:]
     if codec == RAW:
@@ -288,7 +288,7 @@ def _decode_inner(inner: memoryview) -> bytes:
     raise ValueError(f"unknown codec {codec}")
 
 
-def _decode_grouped(body: memoryview, size: int) -> bytes:
+def _decode_grouped(body: memoryview, size: int) -> memoryview:
     k = body[0]
     if k not in _PLANE_DTYPES or size % k:
         raise ValueError(f"bad item size {k} for {size} bytes")
@@ -317,7 +317,7 @@ def _decode_grouped(body: memoryview, size: int) -> bytes:
         out |= plane
     if pos != len(body):
         raise ValueError(f"{len(body) - pos} trailing bytes after the planes")
-    return out.tobytes()
+    return out.data.cast("B")  # the array's bytes, not a copy of them (~5% of a warm read)
 
 
 # -- metadata blobs --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from gitmld.daemon.store.pack import object_name
 
 log = logging.getLogger(__name__)
 Runner = Callable[..., Awaitable[Any]]
+Plain = bytes | memoryview  # a chunk's plaintext: grouped chunks come back as views of their array
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class _Group:
         self.source, self.start, self.end = source, start, end
         self.verify_ids = verify_ids
         self.refs: list[ChunkRef] = []
-        self.futures: list[asyncio.Future[bytes]] = []
+        self.futures: list[asyncio.Future[Plain]] = []
         # done once the group's chunks are in the host cache (or the fetch failed)
         self.stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.absorbed_by: _Group | None = None  # another GET took over this group's chunks
@@ -97,7 +98,7 @@ class ChunkReader:
             lambda items: self._run_io(self._cache.append_fetched, items))
         self._opts = options
         # chunk id -> (its plaintext, "it is in the host cache"): one fetch serves every reader
-        self._inflight: dict[bytes, tuple[asyncio.Future[bytes], asyncio.Future[None]]] = {}
+        self._inflight: dict[bytes, tuple[asyncio.Future[Plain], asyncio.Future[None]]] = {}
         # remote groups waiting for a GET slot, by pack: a GET that starts takes over the
         # neighbouring ones (the chunks of other files fetched at the same time, for instance)
         self._queued: dict[bytes, list[_Group]] = {}
@@ -236,7 +237,7 @@ class ChunkReader:
                         ref.cid.hex()[:16], g.source.hex())
             self._spawn(self._refetch(ref, g.source, fut))
 
-    async def _refetch(self, local_ref: ChunkRef, seg_id: bytes, fut: asyncio.Future[bytes]) -> None:
+    async def _refetch(self, local_ref: ChunkRef, seg_id: bytes, fut: asyncio.Future[Plain]) -> None:
         self.stats.cache_misses += 1
         try:
             await self._run_io(self._cache.drop_local, local_ref.cid, seg_id)
@@ -341,16 +342,16 @@ def _follow(dest: asyncio.Future[None], src: asyncio.Future[None]) -> None:
         dest.set_result(None)
 
 
-def _single(ref: ChunkRef, inflight: dict[bytes, tuple[asyncio.Future[bytes], asyncio.Future[None]]]) -> _Group:
+def _single(ref: ChunkRef, inflight: dict[bytes, tuple[asyncio.Future[Plain], asyncio.Future[None]]]) -> _Group:
     g = _Group(ref.pack_id, ref.offset, ref.offset + ref.stored_len)
-    fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    fut: asyncio.Future[Plain] = asyncio.get_running_loop().create_future()
     inflight[ref.cid] = (fut, g.stored)
     g.refs.append(ref)
     g.futures.append(fut)
     return g
 
 
-def _resolve(fut: asyncio.Future[bytes], value: bytes) -> None:
+def _resolve(fut: asyncio.Future[Plain], value: Plain) -> None:
     if not fut.done():
         fut.set_result(value)
 
@@ -372,14 +373,14 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 def _read_and_decode(cache: HostCache, keys: RepoKeys, seg_id: bytes, start: int, length: int,
-                     refs: list[ChunkRef], verify_ids: bool = True) -> list[bytes | None]:
+                     refs: list[ChunkRef], verify_ids: bool = True) -> list[Plain | None]:
     """Worker thread: one pread for the group, then decode each chunk; None where a chunk
     does not verify (or the segment is gone)."""
     try:
         data = memoryview(cache.read(seg_id, start, length))
     except OSError:
         return [None] * len(refs)
-    out: list[bytes | None] = []
+    out: list[Plain | None] = []
     aead = AESGCM(keys.data_key)
     for r in refs:
         blob = data[r.offset - start : r.offset - start + r.stored_len]
@@ -394,7 +395,7 @@ def _read_and_decode(cache: HostCache, keys: RepoKeys, seg_id: bytes, start: int
 
 
 def _decode_remote(keys: RepoKeys, name: str, url: str, refs: list[ChunkRef], data: bytes,
-                   start: int) -> list[bytes]:
+                   start: int) -> list[Plain]:
     """Worker thread: decode and verify every chunk of a fetched range."""
     out = []
     view = memoryview(data)
