@@ -291,6 +291,11 @@ class HostCache:
         self.accessed[seg_id] = time.time()
         return self.files.read(seg_id, offset, length)
 
+    def read_into(self, seg_id: bytes, offset: int, buf: memoryview) -> int:
+        """read() into the caller's buffer (a worker thread reuses one for every group)."""
+        self.accessed[seg_id] = time.time()
+        return self.files.read_into(seg_id, offset, buf)
+
     def drop_local(self, cid: bytes, seg_id: bytes) -> None:
         self.db.drop_local(cid, seg_id)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -376,8 +377,9 @@ def _read_and_decode(cache: HostCache, keys: RepoKeys, seg_id: bytes, start: int
                      refs: list[ChunkRef], verify_ids: bool = True) -> list[Plain | None]:
     """Worker thread: one pread for the group, then decode each chunk; None where a chunk
     does not verify (or the segment is gone)."""
+    buf = _read_buffer(length)
     try:
-        data = memoryview(cache.read(seg_id, start, length))
+        data = buf[: cache.read_into(seg_id, start, buf[:length])]
     except OSError:
         return [None] * len(refs)
     out: list[Plain | None] = []
@@ -392,6 +394,18 @@ def _read_and_decode(cache: HostCache, keys: RepoKeys, seg_id: bytes, start: int
         except codec.CorruptChunk:
             out.append(None)
     return out
+
+
+_thread_buffers = threading.local()
+
+
+def _read_buffer(size: int) -> memoryview:
+    """This worker thread's buffer for group reads, grown as needed: the decoded chunks never
+    point into it, so each group reuses it instead of faulting in megabytes of fresh memory."""
+    buf: bytearray | None = getattr(_thread_buffers, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _thread_buffers.buf = bytearray(size)
+    return memoryview(buf)
 
 
 def _decode_remote(keys: RepoKeys, name: str, url: str, refs: list[ChunkRef], data: bytes,

@@ -86,6 +86,20 @@ class SegmentFiles:
         finally:
             os.close(fd)
 
+    def read_into(self, seg_id: bytes, offset: int, buf: memoryview) -> int:
+        """Fill buf from `offset` (fewer bytes if the file is shorter); OSError if missing."""
+        fd = os.open(self.path(seg_id), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            done = 0
+            while done < len(buf):
+                n = os.preadv(fd, [buf[done:]], offset + done)
+                if not n:
+                    break
+                done += n
+            return done
+        finally:
+            os.close(fd)
+
     def delete(self, seg_id: bytes) -> None:
         self.path(seg_id).unlink(missing_ok=True)
         with self._lock:
