@@ -93,6 +93,10 @@ class Remote(Protocol):
     url: str  # for messages, never with credentials
     stats: RemoteStats
 
+    # Make the place for a new repository: a directory remote creates its root (it never does
+    # on an ordinary write, so a share that is not mounted fails instead of filling the empty
+    # mountpoint); an S3 bucket must already exist.
+    async def prepare_new_repository(self) -> None: ...
     async def put_bytes(self, name: str, data: bytes) -> None: ...
     # large: multipart on S3; progress(n) as parts complete (possibly from a worker thread)
     async def put_file(self, name: str, path: Path, *, progress: Progress | None = None) -> None: ...

@@ -55,9 +55,21 @@ class DirectoryRemote:
 
     # -- writes -------------------------------------------------------------------------
 
+    async def prepare_new_repository(self) -> None:
+        """Create the root (and its missing parents): the embedded default lives under a
+        fresh $XDG_DATA_HOME. Only a new repository does this."""
+        await asyncio.to_thread(_makedirs_durable, self.root)
+
+    def _require_root(self) -> None:
+        """Ordinary writes never create the root: a share that is not mounted must fail (the
+        uploads stay queued) rather than fill the empty mountpoint on the local disk."""
+        if not self.root.is_dir():
+            raise RemoteUnavailable(self.url, None, f"directory {self.root} does not exist",
+                                    hint="mount it or fix gitmld.url")
+
     async def put_bytes(self, name: str, data: bytes) -> None:
         target = self._path(name)
-        await asyncio.to_thread(_write_atomic, target, lambda f: f.write(data))
+        await asyncio.to_thread(self._write_atomic, target, lambda f: f.write(data))
         self.stats.puts += 1
         self.stats.put_bytes += len(data)
 
@@ -80,9 +92,16 @@ class DirectoryRemote:
                 progress(unreported)
                 return src.tell()
 
-        size = await asyncio.to_thread(_write_atomic, target, copy)
+        size = await asyncio.to_thread(self._write_atomic, target, copy)
         self.stats.puts += 1
         self.stats.put_bytes += size
+
+    def _write_atomic(self, target: Path, fill: Callable[[BinaryIO], int]) -> int:
+        """Make missing directories below the root, then write via a temp file, fsync, rename
+        over, fsync the directory."""
+        self._require_root()
+        _makedirs_durable(target.parent)
+        return _write_replace(target, fill)
 
     async def delete(self, name: str) -> None:
         """Idempotent, like S3: deleting a missing object is not an error."""
@@ -138,11 +157,6 @@ class DirectoryRemote:
         return None
 
 
-def _write_atomic(target: Path, fill: Callable[[BinaryIO], int]) -> int:
-    """Make missing directories (as `mkdir -p`: the default remote lives under a fresh
-    $XDG_DATA_HOME), then write via a temp file, fsync, rename over, fsync the directory."""
-    _makedirs_durable(target.parent)
-    return _write_replace(target, fill)
 
 
 def _write_replace(target: Path, fill: Callable[[BinaryIO], int]) -> int:

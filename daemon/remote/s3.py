@@ -269,6 +269,9 @@ class S3Remote:
 
     # -- writes -------------------------------------------------------------------------
 
+    async def prepare_new_repository(self) -> None:
+        """Nothing to make: the bucket must exist (a missing one is a clear error on first use)."""
+
     async def put_bytes(self, name: str, data: bytes) -> None:
         crc = await asyncio.to_thread(crc32_b64, data) if len(data) > _CRC_IN_THREAD else crc32_b64(data)
         await self._put_object(name, data, crc)

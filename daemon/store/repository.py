@@ -91,6 +91,7 @@ async def open_repository(remote: Remote, keyfile: Path, *, chunk_avg_size: int,
                 f"no keyfile at {keyfile}, and the repository at {remote.url} already exists: copy the"
                 " keyfile used to create it to this path (mode 0600) or set gitmld.keyfile to it"
                 " (`gitmld keygen` makes a new keyfile only for new repositories)", object=KEYS_PREFIX)
+        _refuse_to_replace(remote, copy)
         kek = keys.create_keyfile(keyfile)
         log.info("created keyfile %s for the new repository at %s", keyfile, remote.url)
     kid = keys.kek_id(kek)
@@ -104,10 +105,22 @@ async def open_repository(remote: Remote, keyfile: Path, *, chunk_avg_size: int,
                 f"the repository at {remote.url} was created with another keyfile: {keyfile} has key id"
                 f" {kid}, the repository has key id(s) {others}; copy that keyfile here or set"
                 " gitmld.keyfile to it", object=key_name)
+        _refuse_to_replace(remote, copy)
         await _create(remote, kek, kid, chunk_avg_size)
     repo, wrapped, sealed = await _open(remote, kek, kid, keyfile, chunk_avg_size)
     copy.save(kid, wrapped, sealed)
     return repo
+
+
+def _refuse_to_replace(remote: Remote, copy: _OfflineCopy) -> None:
+    """The remote holds no repository: create one only if this host never used one there. A
+    share that is not mounted, or a bucket emptied behind our back, must not get new keys over
+    the data this host still has to upload (its packs stay queued until the remote is back)."""
+    if copy.exists():
+        raise RepositoryKeyError(
+            f"the remote {remote.url} holds no repository, but this host has used one there (its keys are"
+            f" cached in {copy.path}): if it is a share that is not mounted, mount it; if the bucket or prefix"
+            f" changed, fix gitmld.url; to start a new repository there, delete {copy.path}", object=CONFIG_NAME)
 
 
 def _load_kek(path: Path) -> bytes:
@@ -159,6 +172,7 @@ async def _create(remote: Remote, kek: bytes, kid: str, avg: int) -> None:
     objects that won are what everyone uses."""
     repo_keys = RepoKeys.generate()
     config = RepoConfig(secrets.token_hex(16), avg)
+    await remote.prepare_new_repository()
     await remote.put_bytes(KEYS_PREFIX + kid, keys.wrap_keys(repo_keys, kek))
     await remote.put_bytes(CONFIG_NAME, codec.seal_blob(repo_keys, CONFIG_KIND, config.encode()))
     log.info("created repository %s at %s", config.repo_id, remote.url)

@@ -52,7 +52,9 @@ class RemoteContract:
 
     @pytest.fixture
     async def remote(self, make_remote: MakeRemote) -> Remote:
-        return make_remote()
+        remote = make_remote()
+        await remote.prepare_new_repository()  # what creating a repository does first
+        return remote
 
     async def test_put_then_get_round_trips_and_overwrites(self, remote: Remote) -> None:
         await remote.put_bytes("packs/ab/one", b"first")
@@ -174,6 +176,7 @@ class TestDirectoryRemote(RemoteContract):
 
         def make(**_options: Any) -> Remote:
             made.append(DirectoryRemote(tmp_dir_remote))
+            made[-1].root.mkdir(parents=True, exist_ok=True)  # the place exists, as a bucket does
             return made[-1]
 
         yield make
@@ -186,6 +189,7 @@ class TestDirectoryRemote(RemoteContract):
 
 @pytest.fixture
 def directory(tmp_path: Path) -> DirectoryRemote:
+    (tmp_path / "remote").mkdir()
     return DirectoryRemote((tmp_path / "remote").as_uri())
 
 
@@ -212,16 +216,33 @@ async def test_directory_failed_put_file_leaves_no_object_and_no_temp(
     assert not [p for p in directory.root.rglob("*") if p.is_file()]
 
 
-async def test_directory_probe_of_a_missing_root_is_unavailable(directory: DirectoryRemote) -> None:
+async def test_directory_probe_of_a_missing_root_is_unavailable(tmp_path: Path) -> None:
+    directory = DirectoryRemote((tmp_path / "unmounted").as_uri())
     with pytest.raises(RemoteUnavailable, match="does not exist") as info:
         await directory.probe("config")  # never written: the directory is not there (unmounted)
     assert str(directory.root) in str(info.value)
 
 
-async def test_directory_creates_missing_parents_of_its_root(tmp_path: Path) -> None:
+async def test_a_new_repository_creates_the_root_and_its_parents(tmp_path: Path) -> None:
     remote = DirectoryRemote((tmp_path / "xdg" / "gitmld" / "remote").as_uri())  # the default lives so
+    await remote.prepare_new_repository()
     await remote.put_bytes("packs/k", b"v")
     assert (tmp_path / "xdg" / "gitmld" / "remote" / "packs" / "k").read_bytes() == b"v"
+
+
+async def test_ordinary_writes_never_create_a_missing_root(tmp_path: Path) -> None:
+    """A share that is not mounted leaves an empty mountpoint: uploads must fail (and stay
+    queued), not fill the local disk under it."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    remote = DirectoryRemote((mountpoint / "models").as_uri())
+    source = tmp_path / "pack"
+    source.write_bytes(b"pack bytes")
+    with pytest.raises(RemoteUnavailable, match="does not exist"):
+        await remote.put_bytes("data/ab/cd", b"x")
+    with pytest.raises(RemoteUnavailable, match="mount it"):
+        await remote.put_file("data/ab/ef", source)
+    assert list(mountpoint.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["", "/abs", "a//b", "../escape", "a/../../b", "./a", f"a/{TMP_PREFIX}x"])
@@ -235,6 +256,7 @@ async def test_directory_url_is_percent_decoded(tmp_path: Path) -> None:
     root = tmp_path / "with space"
     remote = DirectoryRemote(root.as_uri())
     assert "%20" in remote.url
+    await remote.prepare_new_repository()
     await remote.put_bytes("k", b"v")
     assert (root / "k").read_bytes() == b"v"
 

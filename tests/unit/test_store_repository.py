@@ -139,3 +139,28 @@ async def test_cached_keys_serve_reads_while_the_remote_is_down(
         assert await read_all(offline, oid) == data  # from the host cache alone
     finally:
         await offline.close()
+
+
+async def test_a_remote_that_lost_its_repository_is_not_replaced(tmp_path: Path) -> None:
+    """A share that is not mounted (or an emptied prefix) looks like an empty remote: a host
+    that has used a repository there refuses to create new keys over it, and says how to go on."""
+    cfg = config(tmp_path)
+    store = await open_store(cfg, tmp_path / "cache")
+    try:
+        data = noise_bytes(100_000, seed=5)
+        oid = (await store.put(astream(data))).oid  # still to be uploaded: it must not be lost
+    finally:
+        await store.close()
+    remote_root = tmp_path / "remote"
+    remote_root.rename(tmp_path / "unmounted")
+    with pytest.raises(RepositoryKeyError, match="holds no repository, but this host has used one there") as info:
+        await open_store(cfg, tmp_path / "cache")
+    assert "mount it" in str(info.value) and "remotes" in str(info.value)
+    assert not remote_root.exists()  # nothing was created in its place
+    (tmp_path / "unmounted").rename(remote_root)  # mounted again: everything is there
+    store = await open_store(cfg, tmp_path / "cache")
+    try:
+        await store.flush()
+        assert await read_all(store, oid) == data
+    finally:
+        await store.close()

@@ -91,6 +91,9 @@ class RecordingRemote:
         self.range_gate: asyncio.Event | None = None  # ranged GETs after the first `ranges_before_gate` wait
         self.ranges_before_gate = 0
 
+    async def prepare_new_repository(self) -> None:
+        await self.inner.prepare_new_repository()
+
     async def put_bytes(self, name: str, data: bytes) -> None:
         await self.inner.put_bytes(name, data)
 
