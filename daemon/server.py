@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gitmld.daemon.connection import ServerConnection, SocketStream
 from gitmld.daemon.service import DaemonSettings, Service
+from gitmld.daemon.store.repository import known_remote_urls
 from gitmld.proto.transport import widen_socket
 
 log = logging.getLogger("gitmld.server")
@@ -192,8 +193,6 @@ def preload_remote_modules(cache_dir: Path) -> bool:
     for it. Only this one module is imported here, and the event loop's own first use of it goes
     through the same module lock, so the two threads cannot deadlock on import locks. True when
     it preloaded."""
-    from gitmld.daemon.store.repository import known_remote_urls
-
     if not any(url.startswith("s3://") for url in known_remote_urls(cache_dir)):
         return False
     try:

@@ -8,11 +8,12 @@ one host cache and one set of in-flight transfers (single-flight lives in the st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,16 +274,14 @@ class Service:
         await ch.respond({"size": sink.written})
 
     @staticmethod
-    async def _copy_into_pipe(stream: AsyncIterator[bytes], sink: PipeSink, ch: Channel) -> None:
+    async def _copy_into_pipe(stream: AsyncGenerator[bytes, None], sink: PipeSink, ch: Channel) -> None:
         reported = time.monotonic()
-        try:
+        async with contextlib.aclosing(stream):  # an abandoned read ends now, not when collected
             async for piece in stream:
                 await sink.write(piece)
                 if time.monotonic() - reported >= PROGRESS_INTERVAL:  # keeps the client's timeout fed
                     reported = time.monotonic()
                     await ch.progress({"done": sink.written})
-        finally:
-            await close_stream(stream)
         await sink.finish()
 
     async def op_pipe_check(self, request: dict[str, Any], ch: Channel) -> None:
@@ -459,22 +458,14 @@ async def require_object(store: ContentStore, oid: str, request: dict[str, Any])
         )
 
 
-async def send_stream(ch: Channel, stream: AsyncIterator[bytes]) -> None:
-    """DATA frames, then END (the channel frames each piece without copying it)."""
-    try:
+async def send_stream(ch: Channel, stream: AsyncGenerator[bytes, None]) -> None:
+    """DATA frames, then END (the channel frames each piece without copying it). A read the
+    client abandons is closed at once (its transfer leaves `status`, its buffers go), not
+    when the generator is collected."""
+    async with contextlib.aclosing(stream):
         async for piece in stream:
             await ch.send_data(piece)
-    finally:
-        await close_stream(stream)
     await ch.end_data()
-
-
-async def close_stream(stream: AsyncIterator[bytes]) -> None:
-    """End a read the client abandoned now, not when the generator is collected: its transfer
-    leaves `status` and its read-ahead buffers go at once."""
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def require_oid_list(request: dict[str, Any]) -> list[str]:

@@ -157,8 +157,6 @@ class DirectoryRemote:
         return None
 
 
-
-
 def _write_replace(target: Path, fill: Callable[[BinaryIO], int]) -> int:
     """Write via a temp file in the target's directory, fsync, rename over, fsync the directory."""
     tmp = target.with_name(f"{TMP_PREFIX}{target.name}.{uuid.uuid4().hex}")

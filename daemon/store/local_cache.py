@@ -8,7 +8,7 @@ leaves orphan bytes (cut off or deleted by `recover`) or consistent records, nev
 of pack bytes that did not reach the disk. (Fetch segments are recorded without an fsync:
 their chunks are verified on read and fetched again if damaged.)
 
-Every method here blocks; the store calls them on its single I/O thread, except `read`,
+Every method here blocks; the store calls them on its single I/O thread, except `read_into`,
 which any thread may call. Sealing a full pack (fsync, then its LMDB transaction) runs on a
 sealer thread so appending to the next pack goes on meanwhile; `wait_sealed` is the barrier
 flush and the end of a put go through, so nothing durable ever names an unsealed pack.
@@ -286,13 +286,9 @@ class HostCache:
 
     # -- reading and forgetting -------------------------------------------------------------
 
-    def read(self, seg_id: bytes, offset: int, length: int) -> bytes:
-        """Raw bytes of a segment (any thread); OSError if the segment file is gone."""
-        self.accessed[seg_id] = time.time()
-        return self.files.read(seg_id, offset, length)
-
     def read_into(self, seg_id: bytes, offset: int, buf: memoryview) -> int:
-        """read() into the caller's buffer (a worker thread reuses one for every group)."""
+        """Raw bytes of a segment into the caller's buffer (any thread; a decode thread reuses
+        one for every group); OSError if the segment file is gone."""
         self.accessed[seg_id] = time.time()
         return self.files.read_into(seg_id, offset, buf)
 

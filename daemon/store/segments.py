@@ -70,22 +70,6 @@ class SegmentFiles:
             self._unsynced.add(seg_id)
         return SegmentWriter(seg_id, fd, size)
 
-    def read(self, seg_id: bytes, offset: int, length: int) -> bytes:
-        """Up to `length` bytes at `offset` (short if the file is shorter); OSError if missing."""
-        fd = os.open(self.path(seg_id), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            parts: list[bytes] = []
-            while length > 0:
-                part = os.pread(fd, length, offset)
-                if not part:
-                    break
-                parts.append(part)
-                offset += len(part)
-                length -= len(part)
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        finally:
-            os.close(fd)
-
     def read_into(self, seg_id: bytes, offset: int, buf: memoryview) -> int:
         """Fill buf from `offset` (fewer bytes if the file is shorter); OSError if missing."""
         fd = os.open(self.path(seg_id), os.O_RDONLY | os.O_CLOEXEC)

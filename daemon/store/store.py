@@ -19,7 +19,7 @@ import os
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +227,7 @@ class ContentStore:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def open_file(self, oid: str, *, path: str = "") -> AsyncIterator[bytes]:
+    async def open_file(self, oid: str, *, path: str = "") -> AsyncGenerator[bytes, None]:
         """The file's bytes in order. An exception at any point (NotFound, CorruptObject, a
         remote error) means the whole file failed: callers must discard what they got.
         `path` (the client's name for the file) only labels the transfer in status."""
@@ -241,7 +241,7 @@ class ContentStore:
         finally:
             self._transfers.finish(progress)
 
-    async def _verified(self, oid: str, manifest: Manifest) -> AsyncIterator[bytes]:
+    async def _verified(self, oid: str, manifest: Manifest) -> AsyncGenerator[bytes, None]:
         """The file's chunks in order, then a check of the whole file's sha256 and size."""
         hasher = hashlib.sha256()
         hashing: Awaitable[None] | None = None
@@ -267,7 +267,7 @@ class ContentStore:
             raise CorruptObject(f"{oid}: the reassembled file ({total} bytes) hashes to {got}: the repository"
                                 f" at {self.remote.url} holds a wrong manifest for it", object=oid)
 
-    async def open_range(self, oid: str, offset: int, length: int) -> AsyncIterator[bytes]:
+    async def open_range(self, oid: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         """`length` bytes of the file from `offset`: only the chunks that overlap the range are
         read (from the host cache or the remote), the first and last are trimmed.
 
@@ -314,7 +314,7 @@ class ContentStore:
             self._range_index.popitem(last=False)
         return entry
 
-    async def _read_range(self, oid: str, plan: _RangePlan) -> AsyncIterator[bytes]:
+    async def _read_range(self, oid: str, plan: _RangePlan) -> AsyncGenerator[bytes, None]:
         self._range_reads += 1
         skip, left = plan.skip, plan.length
         if not left:
